@@ -1,0 +1,1 @@
+"""cl-runner: config-driven contrastive representation learning on images."""

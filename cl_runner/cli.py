@@ -1,0 +1,62 @@
+"""`cl-run`: Hydra composes the config from conf/, `validate` checks it, `experiment.run` does the work.
+User mistakes end in one line on stderr and exit code 2; HYDRA_FULL_ERROR=1 shows the full traceback."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from cl_runner import experiment
+from cl_runner.config import validate
+from cl_runner.errors import UserError
+
+GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "experiment")
+
+
+def config_dir() -> str:
+    """conf/ ships inside the installed package; in a source checkout it sits beside the package."""
+    packaged = Path(__file__).with_name("conf")
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def run_from_config(cfg: DictConfig) -> dict:
+    hydra_cfg = HydraConfig.get()
+    choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
+    validate(cfg, choices)
+    return experiment.run(cfg, Path(hydra_cfg.runtime.output_dir), choices)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message, with the options Hydra lists for an unknown group option."""
+    options = getattr(err, "options", None)
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
+        first = str(err.__cause__)
+    if options:
+        first += f"; choose one of: {', '.join(options)}"
+    return first
+
+
+def is_user_error(err: BaseException) -> bool:
+    if isinstance(err, InstantiationException):
+        return isinstance(err.__cause__, ValueError)
+    return isinstance(err, (UserError, HydraException, OmegaConfBaseException))
+
+
+def main() -> None:
+    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
+    try:
+        run_from_config()
+    except Exception as err:
+        if full_trace or not is_user_error(err):
+            raise
+        print(f"cl-run: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,66 @@
+"""Validation of the composed config, before any work: each problem is one sentence naming the key.
+
+Hydra already refuses unknown groups, options and keys (the config stays in struct mode); this module checks
+types, ranges and the combinations that cannot work.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from cl_runner.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp16", "fp32")
+PROTOCOLS = ("paper", "standard")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+RULES: list[tuple[str, Callable[[object], bool], str]] = [
+    ("seed", _is_int, "an integer"),
+    ("device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    ("epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
+    ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
+     f"a non-empty list drawn from {list(PROTOCOLS)}"),
+    ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.cosine_knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.cosine_knn_temperature", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("eval.paper_test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("eval.tsne_points", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 skips t-SNE)"),
+    ("eval.tsne_perplexity", lambda v: _is_number(v) and v > 0, "a number > 0"),
+]
+
+
+def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
+    """Raise UserError for the first problem found in `cfg`. `choices` maps group -> chosen option (Hydra's
+    runtime choices), used to name options in messages."""
+    choices = choices or {}
+    for key, ok, allowed in RULES:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if not ok(value):
+            raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    loss_name = choices.get("loss", cfg.loss._target_)
+    pairing_name = choices.get("pairing", cfg.pairing._target_)
+    accepted = get_class(cfg.loss._target_).pairings
+    provided = get_class(cfg.pairing._target_).name
+    if provided not in accepted:
+        raise UserError(f"loss={loss_name} cannot train on pairing={pairing_name}: it needs pairing="
+                        f"{' or '.join(accepted)} (leave pairing out and the loss picks its own)")

@@ -1,0 +1,256 @@
+"""Batched augmentation on the training device: uint8 [B, C, H, W] in, float [B, C, H, W] in [0, 1] out.
+
+Every random parameter is drawn per sample from the caller's `torch.Generator`, and each step is a few tensor
+operations over the whole batch: one affine warp (`grid_sample`) for crop, rotation, scale and flip, vectorized
+colour operations, and a separable convolution for blur. torchvision's transforms define what each step means;
+the tests compare against them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images to the model's input range: mean 0.5, std 0.5 per channel, i.e. [-1, 1]."""
+    return images.mul(2.0).sub_(1.0)
+
+
+def uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device).mul_(high - low).add_(low)
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image through its own affine map `theta` [B, 2, 3] (output -> input, normalized
+    coordinates, align_corners=False), bilinear, zeros outside."""
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """Luma of RGB images [B, 3, H, W] -> [B, 1, H, W]; one-channel images are returned as they are."""
+    if images.shape[1] == 1:
+        return images
+    weights = images.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+class NoAugment:
+    """The positive is the clean image: only the conversion to [0, 1] (normalization comes after)."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return to_unit(images)
+
+
+class PadRotateScale:
+    """Pad-rotate-scale (Guo et al. 2016, as in the study): resize side s to 2s, pad with zeros, rotate by
+    U(-max_degrees, max_degrees), centre-crop `crop_ratio` x 2s, resize back to s.
+
+    The resizes cancel and the padding only supplies the zero border that the warp's zero fill gives anyway,
+    so the whole chain is one warp: output point w samples the input at R(-angle) (crop_ratio * w).
+    """
+
+    def __init__(self, max_degrees: float = 15.0, crop_ratio: float = 1.125):
+        if max_degrees < 0 or crop_ratio <= 0:
+            raise ValueError("aug: max_degrees must be >= 0 and crop_ratio > 0")
+        self.max_degrees = max_degrees
+        self.crop_ratio = crop_ratio
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = images.shape[0]
+        angle = uniform(n, -self.max_degrees, self.max_degrees, generator, images.device)
+        return self.rotate_and_scale(to_unit(images), angle)
+
+    def rotate_and_scale(self, images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+        """Counter-clockwise rotation by `degrees` [B] (torchvision's sense) and zoom-out by crop_ratio."""
+        rad = torch.deg2rad(degrees)
+        cos, sin = torch.cos(rad) * self.crop_ratio, torch.sin(rad) * self.crop_ratio
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        return warp(images, theta)
+
+
+class SimCLRAugment:
+    """SimCLR's augmentation (Chen et al. 2020, appendix A), composed as torchvision does: RandomResizedCrop,
+    RandomHorizontalFlip, RandomApply(ColorJitter), RandomGrayscale, GaussianBlur. On one-channel images the
+    colour steps reduce to brightness and contrast, as in torchvision."""
+
+    def __init__(self, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
+                 brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, grayscale_p=0.2, blur_kernel=3,
+                 blur_sigma=(0.1, 2.0)):
+        if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not (0 < crop_ratio[0] <= crop_ratio[1]):
+            raise ValueError("aug: need 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]")
+        if not 0 <= hue <= 0.5 or blur_kernel % 2 != 1:
+            raise ValueError("aug: hue must lie in [0, 0.5] and blur_kernel must be odd")
+        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.blur_kernel, self.blur_sigma = blur_kernel, tuple(blur_sigma)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, device = images.shape[0], images.device
+        boxes = self.crop_boxes(n, images.shape[-2], images.shape[-1], generator, device)
+        flips = torch.rand(n, generator=generator, device=device) < self.flip_p
+        x = crop_resize_flip(to_unit(images), boxes, flips)
+        x = self.color_jitter(x, generator)
+        x = self.random_grayscale(x, generator)
+        sigma = uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, device)
+        return gaussian_blur(x, self.blur_kernel, sigma)
+
+    def crop_boxes(self, n: int, height: int, width: int, generator: torch.Generator,
+                   device: torch.device, attempts: int = 10) -> torch.Tensor:
+        """RandomResizedCrop.get_params for a batch: per sample, the first of `attempts` draws of
+        (area fraction, log-uniform aspect ratio) whose box fits; else the central box of the clamped ratio.
+        Returns [n, 4] float (top, left, h, w) in pixels."""
+        area = height * width
+        scale = uniform(n * attempts, *self.crop_scale, generator, device).view(n, attempts) * area
+        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+        aspect = torch.exp(uniform(n * attempts, log_lo, log_hi, generator, device)).view(n, attempts)
+        w = torch.sqrt(scale * aspect).round()
+        h = torch.sqrt(scale / aspect).round()
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = torch.argmax(fits.int(), dim=1)  # first fitting attempt (0 when none fits)
+        h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
+        found = fits.any(dim=1)
+        fallback_h, fallback_w = self._fallback_box(height, width)
+        h = torch.where(found, h, torch.full_like(h, fallback_h))
+        w = torch.where(found, w, torch.full_like(w, fallback_w))
+        u = torch.rand(n, 2, generator=generator, device=device)
+        top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+        left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+        return torch.stack([top, left, h, w], dim=1)
+
+    def _fallback_box(self, height: int, width: int) -> tuple[int, int]:
+        in_ratio = width / height
+        if in_ratio < self.crop_ratio[0]:
+            return int(round(width / self.crop_ratio[0])), width
+        if in_ratio > self.crop_ratio[1]:
+            return height, int(round(height * self.crop_ratio[1]))
+        return height, width
+
+    def color_jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """ColorJitter applied with probability jitter_p: brightness, contrast, saturation and hue factors
+        drawn per sample and applied in a per-sample random order, as torchvision's ColorJitter does."""
+        n, device = images.shape[0], images.device
+        applied = torch.rand(n, generator=generator, device=device) < self.jitter_p
+        factors = torch.stack([
+            uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, generator, device),
+            uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, generator, device),
+            uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, generator, device),
+            uniform(n, -self.hue, self.hue, generator, device),
+        ], dim=1)
+        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        if images.shape[1] == 1:
+            ops = ops[:2]  # saturation and hue leave one-channel images unchanged
+        out = images.clone()
+        for slot in range(4):
+            for op_index, op in enumerate(ops):
+                idx = torch.nonzero(applied & (order[:, slot] == op_index)).squeeze(1)
+                if idx.numel():
+                    out[idx] = op(out[idx], factors[idx, op_index])
+        return out
+
+    def random_grayscale(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        picked = torch.rand(images.shape[0], generator=generator, device=images.device) < self.grayscale_p
+        if images.shape[1] == 1:
+            return images
+        return torch.where(picked.view(-1, 1, 1, 1), grayscale(images).expand_as(images), images)
+
+
+def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each image to its box (top, left, h, w) [B, 4], resize to the full side (bilinear, edge pixels
+    repeated past the box as torchvision's resize does) and mirror it where `flips` [B] is set: one warp."""
+    height, width = images.shape[-2:]
+    top, left, h, w = boxes.unbind(1)
+    sx = torch.where(flips, -w / width, w / width)
+    sy = h / height
+    tx = (2 * left + w) / width - 1
+    ty = (2 * top + h) / height - 1
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # clamp sample points to the centres of the box's outer pixels (normalized coordinates)
+    low = torch.stack([(2 * left + 1) / width - 1, (2 * top + 1) / height - 1], 1).view(-1, 1, 1, 2)
+    high = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1).view(-1, 1, 1, 2)
+    grid = torch.maximum(torch.minimum(grid, high), low)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _per_sample(factor: torch.Tensor) -> torch.Tensor:
+    return factor.view(-1, 1, 1, 1)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    ratio = _per_sample(ratio)
+    return (ratio * images + (1 - ratio) * other).clamp_(0, 1)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (images * _per_sample(factor)).clamp_(0, 1)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the mean luma of each image."""
+    mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(images, mean, factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with each image's own grayscale version."""
+    return _blend(images, grayscale(images), factor)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` [B] turns (in [-0.5, 0.5]) in HSV space."""
+    hue, sat, val = rgb_to_hsv(images).unbind(1)
+    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
+    return hsv_to_rgb(torch.stack([hue, sat, val], 1))
+
+
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB in [0, 1] -> HSV with hue in [0, 1) (the hexcone model)."""
+    r, g, b = images.unbind(1)
+    val = images.max(dim=1).values
+    chroma = val - images.min(dim=1).values
+    gray = chroma == 0
+    safe_chroma = torch.where(gray, torch.ones_like(chroma), chroma)
+    sat = chroma / torch.where(gray, torch.ones_like(val), val)
+    hue_r = torch.remainder((g - b) / safe_chroma, 6.0)
+    hue_g = (b - r) / safe_chroma + 2.0
+    hue_b = (r - g) / safe_chroma + 4.0
+    hue = torch.where(val == r, hue_r, torch.where(val == g, hue_g, hue_b))  # ties: red, then green
+    hue = torch.where(gray, torch.zeros_like(hue), hue) / 6.0
+    return torch.stack([torch.remainder(hue, 1.0), sat, val], 1)
+
+
+def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_hsv`: each channel is v - v s max(0, min(k, 4 - k, 1)), k = (n + 6h) mod 6."""
+    hue, sat, val = images.unbind(1)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + hue * 6.0, 6.0)
+        ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+        channels.append(val - val * sat * ramp)
+    return torch.stack(channels, 1).clamp_(0, 1)
+
+
+def gaussian_blur(images: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma [B] and reflect padding (torchvision's GaussianBlur)."""
+    half = kernel // 2
+    taps = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
+    weights = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)  # [B, kernel]
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (half, half, half, half), mode="reflect")
+    rows = sum(_per_sample(weights[:, i]) * padded[..., :, i:i + width] for i in range(kernel))
+    return sum(_per_sample(weights[:, i]) * rows[..., i:i + height, :] for i in range(kernel))

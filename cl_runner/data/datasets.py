@@ -1,0 +1,136 @@
+"""Read a data set's files into uint8 image tensors: one `ImageSet` per split, loaded once."""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cl_runner.errors import UserError
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+MNIST_CLASSES = [str(d) for d in range(10)]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class ImageSet:
+    """One split: `images` uint8 [N, C, H, W], `labels` int64 [N], and the class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
+    def head(self, n: int | None) -> "ImageSet":
+        """The first `n` images (all of them when `n` is None)."""
+        if n is None:
+            return self
+        return ImageSet(self.images[:n], self.labels[:n], self.classes)
+
+
+def load_split(name: str, root: str | Path, split: str) -> ImageSet:
+    """Load split `train` or `test` of data set `name` (`digits`, `mnist` or `cifar10`) from `root`."""
+    readers = {"digits": lambda: read_digits(split), "mnist": lambda: read_mnist(Path(root), split),
+               "cifar10": lambda: read_cifar10(Path(root), split)}
+    if name not in readers:
+        raise UserError(f"dataset={name} is not a known data set; choose one of {sorted(readers)}")
+    return readers[name]()
+
+
+def read_digits(split: str, test_fraction: float = 0.2, side: int = 28) -> ImageSet:
+    """scikit-learn's bundled 8x8 digits (values 0-16), upsampled bilinearly to `side` and split
+    stratified with a fixed seed, so the default run needs no download."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
+    images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8)
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                           stratify=digits.target, random_state=0)
+    idx = torch.from_numpy(np.sort(train_idx if split == "train" else test_idx))
+    return ImageSet(images[idx].contiguous(), labels[idx], MNIST_CLASSES)
+
+
+def read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format): big-endian magic 0x0000 08 NDIM, dims, then uint8 data."""
+    raw = path.read_bytes()
+    if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != expected_dims:
+        raise UserError(f"{path} is not a uint8 IDX file with {expected_dims} dimensions (corrupt or wrong file)")
+    header = 4 + 4 * expected_dims
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims))
+    if len(raw) != header + int(np.prod(dims)):
+        raise UserError(f"{path} has {len(raw)} bytes, its header promises {header + int(np.prod(dims))} "
+                        "(truncated or corrupt)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_mnist(root: Path, split: str) -> ImageSet:
+    """MNIST from ROOT/MNIST/raw/*-ubyte, downloaded there with torchvision when absent."""
+    folder = root / "MNIST" / "raw"
+    image_file, label_file = (folder / f for f in MNIST_FILES[split])
+    if not (image_file.exists() and label_file.exists()):
+        _download("mnist", root, [folder / f for pair in MNIST_FILES.values() for f in pair])
+    images = read_idx(image_file, 3)
+    labels = read_idx(label_file, 1)
+    if len(images) != len(labels):
+        raise UserError(f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels")
+    return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                    MNIST_CLASSES)
+
+
+def read_cifar10(root: Path, split: str) -> ImageSet:
+    """CIFAR-10 from the python pickle batches in ROOT/cifar-10-batches-py, downloaded there when absent.
+    Each batch's MD5 is not checked (see ../shared/data/README.md: equal pixels, other pickle bytes)."""
+    folder = root / "cifar-10-batches-py"
+    paths = [folder / f for f in CIFAR10_FILES[split]]
+    if not all(p.exists() for p in paths):
+        _download("cifar10", root, [folder / f for files in CIFAR10_FILES.values() for f in files])
+    images, labels = [], []
+    for path in paths:
+        try:
+            with path.open("rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+            raise UserError(f"{path} is not a readable CIFAR-10 batch (truncated or corrupt: {err})") from err
+        if len(data) != len(batch_labels):
+            raise UserError(f"{path} holds {len(data)} images but {len(batch_labels)} labels")
+        images.append(data)
+        labels.append(batch_labels)
+    return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                    CIFAR10_CLASSES)
+
+
+def _download(name: str, root: Path, needed: list[Path]) -> None:
+    """Fetch a data set with torchvision's downloader (it verifies the archive's MD5)."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # network, disk or checksum failure: say what must go where
+        missing = ", ".join(str(p) for p in needed if not p.exists())
+        raise UserError(f"dataset={name}: files missing and download failed ({type(err).__name__}); "
+                        f"place {missing} there, or point dataset.root (or CL_DATA_ROOT) at a folder "
+                        "that holds them") from err

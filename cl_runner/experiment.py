@@ -1,0 +1,166 @@
+"""One run, top to bottom: data -> pretrain -> evaluate -> export, into the run's own folder."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from cl_runner import evaluate, export
+from cl_runner.data.datasets import load_split
+from cl_runner.errors import UserError
+from cl_runner.train import pretrain
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "status.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Mark the folder as this run's; refuse a folder that another run already holds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"status": "running", "started": datetime.now(timezone.utc).isoformat(), "pid": os.getpid()}
+    try:
+        with open(run_dir / STATUS_FILE, "x") as fh:
+            json.dump(status, fh)
+    except FileExistsError:
+        raise UserError(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
+    except OSError as err:
+        raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
+    """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json."""
+    claim_run_dir(run_dir)
+    export.write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    log.info("run folder %s, device %s, scenario %s", run_dir, device, choices)
+
+    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split) for split in ("train", "test"))
+    train = train.head(cfg.dataset.train_subset).to(device)
+    test = test.to(device)
+    if cfg.batch_size > len(train):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
+    timing["data_s"] = time.perf_counter() - started
+    log.info("data: %d train, %d test images of shape %s", len(train), len(test), tuple(train.images.shape[1:]))
+
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    encoder = instantiate(cfg.encoder).to(device)
+    loss_fn = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optimizer)(encoder.parameters())
+    sampler = instantiate(cfg.pairing)
+    sampler.setup(train, instantiate(cfg.aug), generator)
+
+    with SummaryWriter(log_dir=str(run_dir / "tensorboard")) as writer:
+        stats = pretrain(encoder, loss_fn, sampler, optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                         device=device, precision=cfg.precision, generator=generator, writer=writer,
+                         log_every=cfg.log_every)
+        timing["train_s"] = stats.seconds
+        tick = time.perf_counter()
+        test_x = evaluate.embed(encoder, test.images)
+        metrics = evaluate_encoder(cfg, encoder, train, test, test_x)
+        timing["eval_s"] = time.perf_counter() - tick
+        timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
+        for protocol in cfg.eval.protocols:
+            for name, value in metrics[protocol].items():
+                if isinstance(value, float):
+                    writer.add_scalar(f"eval/{protocol}/{name}", value, stats.steps)
+
+    tick = time.perf_counter()
+    first = cfg.eval.protocols[0]
+    export.save_confusion_png(run_dir / "confusion_matrix.png", metrics[first]["confusion_matrix"], test.classes,
+                              f"{scenario_title(choices)}: linear probe, {first} protocol, "
+                              f"top-1 {metrics[first]['linear_top1']:.3f}")
+    export.save_weights(encoder, run_dir / "encoder.pt")
+    timing["export_s"] = time.perf_counter() - tick
+    timing["total_s"] = time.perf_counter() - started
+    metrics.update(
+        scenario=dict(choices),
+        train={"seconds": stats.seconds, "steps": stats.steps, "tuples": stats.tuples, "images": stats.images,
+               "tuples_per_s": stats.tuples_per_second, "images_per_s": stats.images_per_second,
+               "epoch_losses": stats.epoch_losses},
+        timing=timing,
+        environment={"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+                     "threads": torch.get_num_threads()},
+    )
+    export.write_json(run_dir / "metrics.json", metrics)
+    export.write_json(run_dir / STATUS_FILE, {"status": "completed",
+                                              "finished": datetime.now(timezone.utc).isoformat()})
+    log.info("done in %.1f s: %s", timing["total_s"], summary_line(metrics))
+    return metrics
+
+
+def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, test_x: np.ndarray) -> dict:
+    """Both protocols (as configured) and the diagnostics, on clean images through the frozen encoder;
+    `test_x` holds the test set's embeddings."""
+    test_y = test.labels.cpu().numpy()
+    num_classes = len(test.classes)
+    metrics: dict = {"diagnostics": evaluate.diagnostics(test_x)}
+    if "paper" in cfg.eval.protocols:
+        metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=cfg.seed,
+                                                   test_fraction=cfg.eval.paper_test_fraction, knn_k=cfg.eval.knn_k)
+    if "standard" in cfg.eval.protocols:
+        train_x, train_y = evaluate.embed(encoder, train.images), train.labels.cpu().numpy()
+        metrics["standard"] = evaluate.standard_protocol(
+            train_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
+            cosine_knn_k=cfg.eval.cosine_knn_k, cosine_knn_temperature=cfg.eval.cosine_knn_temperature)
+    return metrics
+
+
+def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choices: dict, writer) -> float:
+    """t-SNE of the first eval.tsne_points test images (CSV + PNG) and the same embeddings for TensorBoard's
+    projector. Returns the seconds it took."""
+    points = min(cfg.eval.tsne_points, len(test_x))
+    if points < cfg.eval.tsne_points:
+        log.info("eval.tsne_points=%d but the test set has %d images: using %d", cfg.eval.tsne_points,
+                 len(test_x), points)
+    if points < 2:
+        return 0.0
+    tick = time.perf_counter()
+    labels = test.labels[:points].cpu().numpy()
+    coords = export.tsne(test_x[:points], seed=cfg.seed, perplexity=cfg.eval.tsne_perplexity)
+    export.write_tsne_csv(run_dir / "tsne.csv", coords, labels)
+    export.save_tsne_png(run_dir / "tsne.png", coords, labels, test.classes,
+                         f"{scenario_title(choices)}: t-SNE of the first {points} test images")
+    writer.add_embedding(test_x[:points], metadata=[test.classes[c] for c in labels], tag="test_embeddings")
+    return time.perf_counter() - tick
+
+
+def scenario_title(choices: dict) -> str:
+    return " / ".join(choices[g] for g in ("dataset", "aug", "loss") if g in choices)
+
+
+def summary_line(metrics: dict) -> str:
+    parts = [f"{protocol}.{name}={metrics[protocol][name]:.4f}" for protocol in ("paper", "standard")
+             if protocol in metrics for name in ("linear_top1", "knn_top1")]
+    return ", ".join(parts)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()

@@ -32,6 +32,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("channels_last", lambda v: isinstance(v, bool), "true or false"),
     ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),

@@ -78,7 +78,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
     with SummaryWriter(log_dir=str(run_dir / "tensorboard")) as writer:
         stats = pretrain(encoder, loss_fn, sampler, optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
                          device=device, precision=cfg.precision, generator=generator, writer=writer,
-                         log_every=cfg.log_every)
+                         log_every=cfg.log_every, channels_last=cfg.channels_last)
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(encoder, test.images)

@@ -47,8 +47,11 @@ def autocast_for(device: torch.device, precision: str):
 
 def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer, *,
              epochs: int, batch_size: int, device: torch.device, precision: str, generator: torch.Generator,
-             writer: SummaryWriter, log_every: int = 10) -> TrainStats:
-    """Train `encoder` in place for `epochs` passes over the sampler's tuples, in random order."""
+             writer: SummaryWriter, log_every: int = 10, channels_last: bool = True) -> TrainStats:
+    """Train `encoder` in place for `epochs` passes over the sampler's tuples, in random order.
+    channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and on tensor cores)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    encoder.to(memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
     num_tuples = sampler.tuples_per_epoch()
     steps_per_epoch = math.ceil(num_tuples / batch_size)
@@ -64,7 +67,7 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
             ids = order[first:first + batch_size]
             batch = sampler.batch(ids, generator)
             with autocast_for(device, precision):
-                z = encoder(batch.images)
+                z = encoder(batch.images.contiguous(memory_format=memory_format))
             loss = loss_fn(z.float().view(batch.views, len(ids), -1), batch.target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

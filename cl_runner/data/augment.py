@@ -138,9 +138,12 @@ class SimCLRAugment:
         return height, width
 
     def color_jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """ColorJitter applied with probability jitter_p: brightness, contrast, saturation and hue factors
-        drawn per sample and applied in a per-sample random order, as torchvision's ColorJitter does."""
-        n, device = images.shape[0], images.device
+        """ColorJitter applied with probability jitter_p, its factors and order drawn per sample."""
+        return apply_color_jitter(images, *self.jitter_params(images.shape[0], generator, images.device))
+
+    def jitter_params(self, n: int, generator: torch.Generator, device: torch.device):
+        """Per sample: applied? [n] bool; (brightness, contrast, saturation, hue) factors [n, 4]; the order
+        of the four operations [n, 4] (a random permutation, as torchvision's ColorJitter draws)."""
         applied = torch.rand(n, generator=generator, device=device) < self.jitter_p
         factors = torch.stack([
             uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, generator, device),
@@ -149,16 +152,7 @@ class SimCLRAugment:
             uniform(n, -self.hue, self.hue, generator, device),
         ], dim=1)
         order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
-        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        if images.shape[1] == 1:
-            ops = ops[:2]  # saturation and hue leave one-channel images unchanged
-        out = images.clone()
-        for slot in range(4):
-            for op_index, op in enumerate(ops):
-                idx = torch.nonzero(applied & (order[:, slot] == op_index)).squeeze(1)
-                if idx.numel():
-                    out[idx] = op(out[idx], factors[idx, op_index])
-        return out
+        return applied, factors, order
 
     def random_grayscale(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         picked = torch.rand(images.shape[0], generator=generator, device=images.device) < self.grayscale_p
@@ -184,6 +178,22 @@ def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
     high = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1).view(-1, 1, 1, 2)
     grid = torch.maximum(torch.minimum(grid, high), low)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def apply_color_jitter(images: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor,
+                       order: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue (columns of `factors`) in each sample's own `order`, for the
+    samples where `applied` is set. Each operation runs once per image, on the subset whose slot holds it."""
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    if images.shape[1] == 1:
+        ops = ops[:2]  # saturation and hue leave one-channel images unchanged (torchvision does the same)
+    out = images.clone()
+    for slot in range(4):
+        for op_index, op in enumerate(ops):
+            idx = torch.nonzero(applied & (order[:, slot] == op_index)).squeeze(1)
+            if idx.numel():
+                out[idx] = op(out[idx], factors[idx, op_index])
+    return out
 
 
 def _per_sample(factor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Shared test fixtures: the real data sets beside the project (../shared/data) and a `cl-run` launcher."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("CL_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data sets not found under {DATA_ROOT} (set CL_DATA_ROOT)")
+    return DATA_ROOT
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "cl_runner",
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m cl_runner ARGS` (the same entry point as `cl-run`) in `cwd`."""
+    full_env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT), **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+TINY = ["epochs=1", "batch_size=64", "eval.tsne_points=60", "log_every=2"]

@@ -1,0 +1,60 @@
+import pickle
+
+import pytest
+import torch
+
+from cl_runner.data.datasets import load_split, read_cifar10, read_digits, read_mnist
+from cl_runner.errors import UserError
+
+
+def test_mnist_reader_gives_the_documented_first_labels(data_root):
+    train, test = read_mnist(data_root, "train"), read_mnist(data_root, "test")
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def test_cifar10_reader_gives_the_documented_first_labels_and_statistics(data_root):
+    train, test = read_cifar10(data_root, "train"), read_cifar10(data_root, "test")
+    assert train.images.shape == (50000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)
+    assert train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert torch.bincount(train.labels).tolist() == [5000] * 10
+    mean = train.images[:, :, ::4, ::4].float().mean(dim=(0, 2, 3)) / 255  # a subsample is close enough
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.01)
+
+
+def test_digits_is_embedded_upsampled_and_stratified():
+    train, test = read_digits("train"), read_digits("test")
+    assert len(train) + len(test) == 1797 and len(test) == 360
+    assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.images.max() == 255
+    assert torch.bincount(test.labels).min() >= 35
+
+
+def test_truncated_mnist_file_is_named_in_the_error(data_root, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((data_root / "MNIST" / "raw" / name).read_bytes())
+    image_file = raw / "t10k-images-idx3-ubyte"
+    image_file.write_bytes(image_file.read_bytes()[:5000])
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.*truncated"):
+        read_mnist(tmp_path, "test")
+    image_file.write_bytes(b"not an idx file at all")
+    with pytest.raises(UserError, match="not a uint8 IDX file"):
+        read_mnist(tmp_path, "test")
+
+
+def test_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": [1, 2, 3]})[:10])
+    with pytest.raises(UserError, match="test_batch.*not a readable CIFAR-10 batch"):
+        read_cifar10(tmp_path, "test")
+
+
+def test_unknown_data_set_lists_the_known_ones():
+    with pytest.raises(UserError, match="cifar10"):
+        load_split("imagenet", ".", "train")

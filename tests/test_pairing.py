@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
+from cl_runner.data.datasets import ImageSet
+from cl_runner.data.pairing import LabelAwareNegatives, PairSampler, TripletSampler
+
+
+def toy_set(n: int = 300, classes: int = 5, seed: int = 0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    labels[:classes] = torch.arange(classes)  # every class present
+    images = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return ImageSet(images, labels, [str(c) for c in range(classes)])
+
+
+def test_negatives_never_share_the_anchors_class():
+    data = toy_set()
+    negatives = LabelAwareNegatives(data.labels)
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randint(0, len(data), (50000,), generator=g)
+    drawn = negatives.sample(data.labels[anchors], g)
+    assert (data.labels[drawn] != data.labels[anchors]).all()
+
+
+def test_negatives_are_uniform_over_the_other_classes_images():
+    data = toy_set(n=40, classes=3)
+    negatives = LabelAwareNegatives(data.labels)
+    anchor_label = data.labels[0]
+    draws = 60000
+    drawn = negatives.sample(anchor_label.repeat(draws), torch.Generator().manual_seed(2))
+    eligible = (data.labels != anchor_label).nonzero().squeeze(1)
+    counts = torch.bincount(drawn, minlength=len(data))
+    assert set(drawn.unique().tolist()) == set(eligible.tolist())  # every other-class image can be drawn
+    expected = draws / len(eligible)
+    assert ((counts[eligible] - expected).abs() < 5 * expected ** 0.5).all()
+
+
+def test_negatives_need_two_classes():
+    with pytest.raises(ValueError, match="two classes"):
+        LabelAwareNegatives(torch.zeros(10, dtype=torch.long))
+
+
+def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
+    data = toy_set()
+    sampler = TripletSampler()
+    sampler.setup(data, NoAugment(), torch.Generator().manual_seed(0))
+    ids = torch.arange(10, 42)
+    batch = sampler.batch(ids, torch.Generator().manual_seed(3))
+    assert batch.views == 3 and batch.target is None and batch.images.shape == (96, 1, 8, 8)
+    anchors, positives, negatives = batch.images.view(3, 32, 1, 8, 8)
+    assert torch.equal(anchors, normalize(to_unit(data.images[ids])))
+    assert torch.equal(positives, anchors)  # aug=none: the positive is the clean image
+    assert not torch.equal(negatives, anchors)
+    assert sampler.tuples_per_epoch() == len(data)
+
+
+def test_pair_batch_has_a_positive_and_a_negative_pair_per_image():
+    data = toy_set()
+    sampler = PairSampler()
+    sampler.setup(data, NoAugment(), torch.Generator().manual_seed(0))
+    n = len(data)
+    assert sampler.tuples_per_epoch() == 2 * n
+    ids = torch.tensor([0, 1, n + 0, n + 1])
+    batch = sampler.batch(ids, torch.Generator().manual_seed(4))
+    assert batch.views == 2 and batch.target.tolist() == [1.0, 1.0, -1.0, -1.0]
+    first, second = batch.images.view(2, 4, 1, 8, 8)
+    clean = normalize(to_unit(data.images[[0, 1, 0, 1]]))
+    assert torch.equal(first, clean)
+    assert torch.equal(second[:2], clean[:2])  # positives (aug=none)
+    assert not torch.equal(second[2:], clean[2:])  # negatives: other images
+
+
+def test_fixed_views_are_drawn_once_and_reused():
+    data = toy_set()
+    ids = torch.arange(0, 16)
+    fixed = TripletSampler(fixed_views=True)
+    fixed.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    first = fixed.positive_views(ids, torch.Generator().manual_seed(1))
+    again = fixed.positive_views(ids, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again)
+    assert torch.equal(first, to_unit(fixed.stored_views[ids]))  # quantized to uint8 once, as PIL stored them
+    fresh = TripletSampler()
+    fresh.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    assert not torch.equal(fresh.positive_views(ids, torch.Generator().manual_seed(1)),
+                           fresh.positive_views(ids, torch.Generator().manual_seed(2)))

@@ -2,6 +2,7 @@
 User mistakes end in one line on stderr and exit code 2; HYDRA_FULL_ERROR=1 shows the full traceback."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from cl_runner import experiment
 from cl_runner.config import validate
 from cl_runner.errors import UserError
 
+log = logging.getLogger(__name__)
 GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "experiment")
+FAILED_JOBS: list[str] = []  # one line per job that ended in a user error, for the exit code and stderr
 
 
 def config_dir() -> str:
@@ -29,8 +32,19 @@ def config_dir() -> str:
 def run_from_config(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
-    validate(cfg, choices)
-    return experiment.run(cfg, Path(hydra_cfg.runtime.output_dir), choices)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        validate(cfg, choices)
+        return experiment.run(cfg, run_dir, choices, list(hydra_cfg.overrides.task))
+    except Exception as err:
+        message = one_line(err)
+        experiment.record_failure(run_dir, message)
+        if not is_user_error(err) or os.environ.get("CL_FULL_ERROR") == "1":
+            raise
+        # a user error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
+        log.error(message)
+        FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
+        return {"error": message}
 
 
 def one_line(err: BaseException) -> str:
@@ -39,6 +53,8 @@ def one_line(err: BaseException) -> str:
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
         first = str(err.__cause__)
+    elif isinstance(err.__cause__, OmegaConfBaseException):  # e.g. "Could not override 'x'." + why
+        first = f"{first.rstrip('.')}: {one_line(err.__cause__)}"
     if options:
         first += f"; choose one of: {', '.join(options)}"
     return first
@@ -52,11 +68,15 @@ def is_user_error(err: BaseException) -> bool:
 
 def main() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["CL_FULL_ERROR"] = "1" if full_trace else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     try:
         run_from_config()
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise
-        print(f"cl-run: error: {one_line(err)}", file=sys.stderr)
+        FAILED_JOBS.append(one_line(err))
+    for message in FAILED_JOBS:
+        print(f"cl-run: error: {message}", file=sys.stderr)
+    if FAILED_JOBS:
         sys.exit(2)

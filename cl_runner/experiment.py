@@ -50,10 +50,24 @@ def claim_run_dir(run_dir: Path) -> None:
         raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
-    """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json."""
+def record_failure(run_dir: Path, message: str) -> None:
+    """Mark the run folder failed, with the error; a folder that belongs to another run is left alone."""
+    status_file = run_dir / STATUS_FILE
+    status = {"status": "failed", "error": message, "finished": datetime.now(timezone.utc).isoformat()}
+    try:
+        current = json.loads(status_file.read_text()) if status_file.exists() else None
+        if current is None or (current.get("status") == "running" and current.get("pid") == os.getpid()):
+            export.write_json(status_file, status)
+    except (OSError, ValueError):
+        pass  # an unwritable folder was the error itself; stderr still says it
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
+    """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
+    `overrides` are the command line's, saved beside the resolved config."""
     claim_run_dir(run_dir)
     export.write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    export.write_bytes_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)).encode())
     timing: dict[str, float] = {}
     started = time.perf_counter()
     device = resolve_device(cfg.device)

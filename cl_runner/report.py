@@ -131,3 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cl-report: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(path.read_text(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,8 @@ def data_root() -> Path:
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "cl_runner",
             timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m cl_runner ARGS` (the same entry point as `cl-run`) in `cwd`."""
-    full_env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT), **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"CL_DATA_ROOT": str(DATA_ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

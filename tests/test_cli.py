@@ -1,0 +1,164 @@
+"""End to end: `cl-run` on the embedded data set, a two-job multirun, and every user mistake's message."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cl_runner.models import PamiCNN
+from conftest import TINY, run_cli
+
+PROMISED_FILES = ["config.yaml", "overrides.yaml", "metrics.json", "status.json", "confusion_matrix.png",
+                  "tsne.csv", "tsne.png", "encoder.pt", "cl_run.log"]
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p.parent for p in root.glob("outputs/runs/*/*/status.json")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("run")
+    result = run_cli([*TINY, "aug=simclr"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(cwd)
+
+
+def test_a_run_leaves_every_promised_file(digits_run):
+    for name in PROMISED_FILES:
+        assert (digits_run / name).is_file() and (digits_run / name).stat().st_size > 0, name
+    assert json.loads((digits_run / "status.json").read_text())["status"] == "completed"
+    assert not list(digits_run.glob(".*.tmp"))  # atomic writes leave no temporaries
+    config = yaml.safe_load((digits_run / "config.yaml").read_text())
+    assert config["epochs"] == 1 and config["aug"]["_target_"].endswith("SimCLRAugment")
+
+
+def test_metrics_are_nested_by_protocol(digits_run):
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    for protocol in ("paper", "standard"):
+        for name in ("linear_top1", "linear_top3", "knn_top1"):
+            assert 0.0 <= metrics[protocol][name] <= 1.0, (protocol, name)
+        assert metrics[protocol]["linear_top3"] >= metrics[protocol]["linear_top1"]
+    assert 0.0 <= metrics["standard"]["cosine_knn_top1"] <= 1.0
+    assert metrics["paper"]["scored_images"] == 72 and metrics["standard"]["scored_images"] == 360
+    assert metrics["train"]["tuples_per_s"] > 0 and metrics["train"]["steps"] == 45  # ceil(2 * 1437 / 64)
+    assert set(metrics["timing"]) >= {"data_s", "train_s", "eval_s", "tsne_s", "export_s", "total_s"}
+    assert metrics["scenario"] == {"dataset": "digits", "aug": "simclr", "pairing": "pair",
+                                   "loss": "cosine_embedding", "encoder": "pami_cnn", "optimizer": "sgd"}
+
+
+def test_tsne_csv_holds_the_first_test_images(digits_run):
+    lines = (digits_run / "tsne.csv").read_text().splitlines()
+    assert lines[0] == "x,y,label,index" and len(lines) == 61
+    assert [int(line.split(",")[3]) for line in lines[1:4]] == [0, 1, 2]
+
+
+def test_tensorboard_reads_the_event_files(digits_run):
+    events = EventAccumulator(str(digits_run / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tuples_per_s", "eval/paper/linear_top1"} <= scalars
+    assert events.Scalars("train/lr")[0].value == pytest.approx(0.05)
+
+
+def test_saved_weights_load_into_the_encoder(digits_run):
+    encoder = PamiCNN(1)
+    encoder.load_state_dict(torch.load(digits_run / "encoder.pt", weights_only=True))
+
+
+def test_the_installed_console_script_runs_from_any_folder(tmp_path):
+    script = Path(sys.executable).with_name("cl-run")
+    if not script.exists():
+        pytest.skip("cl-run is not installed beside this interpreter")
+    import subprocess
+
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "dataset: cifar10, digits, mnist" in result.stdout
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path):
+    metrics = []
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        assert run_cli([*TINY, "loss=triplet", "aug=guo", "eval.protocols=[paper]"], cwd).returncode == 0
+        metrics.append(json.loads((only_run_dir(cwd) / "metrics.json").read_text()))
+    assert metrics[0]["train"]["epoch_losses"] == metrics[1]["train"]["epoch_losses"]
+    assert metrics[0]["paper"] == metrics[1]["paper"]
+
+
+def test_two_job_multirun_writes_the_table_and_the_tsne_grid(tmp_path):
+    result = run_cli(["-m", *TINY, "loss=cosine_embedding,triplet", "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    table = (sweep / "results.md").read_text().splitlines()
+    assert table[0].startswith("| job | dataset | aug | pairing | loss | paper.linear_top1")
+    assert len(table) == 4 and "| triplet |" in table[3] and table[3].endswith("| completed |")
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("job,dataset,aug,pairing,loss,paper.linear_top1")
+    assert (sweep / "tsne_grid.png").stat().st_size > 10000
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # named by number and overrides
+    assert jobs[0].startswith("0_") and jobs[0].endswith("loss=cosine_embedding") and jobs[1].startswith("1_")
+
+
+def test_cl_report_rebuilds_the_table_of_a_sweep_folder(tmp_path):
+    assert run_cli(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path).returncode == 0
+    (tmp_path / "s" / "results.md").unlink()
+    result = run_cli([str(tmp_path / "s")], tmp_path, module="cl_runner.report")
+    assert result.returncode == 0 and result.stdout.count("| completed |") == 2
+    assert (tmp_path / "s" / "results.md").exists()
+    missing = run_cli([str(tmp_path / "nowhere")], tmp_path, module="cl_runner.report")
+    assert missing.returncode == 2 and "holds no cl-run job folders" in missing.stderr
+
+
+BAD_INPUTS = [
+    (["loss=bogus"], "Could not find 'loss/bogus'; choose one of: cosine_embedding, triplet"),
+    (["dataset=imagenet"], "choose one of: cifar10, digits, mnist"),
+    (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
+    (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
+    (["epochs=abc"], "epochs='abc' is not allowed: epochs must be an integer >= 1"),
+    (["batch_size=1.5"], "batch_size must be an integer >= 1"),
+    (["optimizer.lr=-0.1"], "optimizer.lr must be a number > 0"),
+    (["device=tpu"], "device must be one of auto, cpu, cuda"),
+    (["loss=triplet", "pairing=pair"], "loss=triplet cannot train on pairing=pair: it needs pairing=triplet"),
+    (["loss=cosine_embedding", "pairing=triplet"], "cannot train on pairing=triplet: it needs pairing=pair"),
+    (["loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),
+    (["batch_size=5000"], "batch_size=5000 is larger than the training set (1437 images)"),
+    (["eval.protocols=[paper,linear]"], "eval.protocols must be a non-empty list drawn from"),
+    (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message):
+    result = run_cli(args, tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("cl-run: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_full_traceback_only_on_request(tmp_path):
+    result = run_cli(["epochs=abc"], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_a_run_never_writes_into_another_runs_folder(digits_run, tmp_path):
+    before = {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file() and p.name != "cl_run.log"}
+    result = run_cli([f"hydra.run.dir={digits_run}", *TINY], tmp_path)
+    assert result.returncode == 2 and "already holds another run's results" in result.stderr
+    after = {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file() and p.name != "cl_run.log"}
+    assert before == after
+
+
+def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path):
+    result = run_cli(["-m", *TINY, "eval.protocols=[paper]", "pairing=pair", "loss=cosine_embedding,triplet",
+                      "hydra.sweep.dir=s"], tmp_path)
+    assert result.returncode == 2 and "job 1: loss=triplet cannot train on pairing=pair" in result.stderr
+    table = (tmp_path / "s" / "results.md").read_text()
+    assert "| completed |" in table and "| failed |" in table

@@ -94,9 +94,11 @@ def save_tsne_grid(path: Path, jobs: list[dict]) -> bool:
         title = " / ".join(scenario.get(g, "?") for g in ALWAYS_SHOWN)
         export.plot_tsne(ax, coords, labels, classes, title + (f"\npaper top-1 {top1:.3f}" if top1 else ""))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, [str(i) for i in range(len(names))], loc="lower center", ncol=10, markerscale=3,
-               frameon=False, title="class index")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    datasets = {j["metrics"].get("scenario", {}).get("dataset") for j in panels}
+    if len(datasets) > 1:  # MNIST digits and CIFAR-10 classes share a colour per class index
+        names = [f"class {i}" for i in range(len(names))]
+    fig.legend(handles, names, loc="lower center", ncol=10, markerscale=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.1, 1, 1))
     export.save_figure(fig, path)
     return True
 

@@ -2,6 +2,7 @@
 User mistakes end in one line on stderr and exit code 2; HYDRA_FULL_ERROR=1 shows the full traceback."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -10,16 +11,20 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import experiment
+from cl_runner import experiment, run_folder
 from cl_runner.config import validate
 from cl_runner.errors import UserError
+from cl_runner.train import Interrupted
 
 log = logging.getLogger(__name__)
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "experiment")
 FAILED_JOBS: list[str] = []  # one line per job that ended in a user error, for the exit code and stderr
+# hydra.run.dir: the resumed run's own folder, else a new one
+OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)
 
 
 def config_dir() -> str:
@@ -33,12 +38,20 @@ def run_from_config(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
     try:
+        if cfg.resume:
+            if hydra_cfg.mode.name != "RUN":
+                raise UserError("resume= continues one run; it cannot be part of a multirun (-m)")
+            cfg = run_folder.resumed_config(Path(cfg.resume), overrides)
         validate(cfg, choices)
-        return experiment.run(cfg, run_dir, choices, list(hydra_cfg.overrides.task))
+        return experiment.run(cfg, run_dir, choices, overrides)
+    except run_folder.AlreadyFinished as done:
+        print(f"cl-run: {done}", file=sys.stderr)
+        return {}
     except Exception as err:
         message = one_line(err)
-        experiment.record_failure(run_dir, message)
+        run_folder.record_failure(run_dir, message, choices)
         if not is_user_error(err) or os.environ.get("CL_FULL_ERROR") == "1":
             raise
         # a user error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
@@ -61,6 +74,8 @@ def one_line(err: BaseException) -> str:
 
 
 def is_user_error(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in DISK_ERRORS:  # a full or read-only disk, no permission
+        return True
     if isinstance(err, InstantiationException):
         return isinstance(err.__cause__, ValueError)
     return isinstance(err, (UserError, HydraException, OmegaConfBaseException))
@@ -72,6 +87,10 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     try:
         run_from_config()
+    except Interrupted as stop:
+        print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "
+              f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise

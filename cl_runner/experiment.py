@@ -1,28 +1,25 @@
 """One run, top to bottom: data -> pretrain -> evaluate -> export, into the run's own folder."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
 import random
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import evaluate, export
+from cl_runner import evaluate, export, run_folder
+from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.datasets import load_split
 from cl_runner.errors import UserError
-from cl_runner.train import pretrain
+from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "status.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,48 +34,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Mark the folder as this run's; refuse a folder that another run already holds."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    status = {"status": "running", "started": datetime.now(timezone.utc).isoformat(), "pid": os.getpid()}
-    try:
-        with open(run_dir / STATUS_FILE, "x") as fh:
-            json.dump(status, fh)
-    except FileExistsError:
-        raise UserError(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
-    except OSError as err:
-        raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
-
-
-def record_failure(run_dir: Path, message: str) -> None:
-    """Mark the run folder failed, with the error; a folder that belongs to another run is left alone."""
-    status_file = run_dir / STATUS_FILE
-    status = {"status": "failed", "error": message, "finished": datetime.now(timezone.utc).isoformat()}
-    try:
-        current = json.loads(status_file.read_text()) if status_file.exists() else None
-        if current is None or (current.get("status") == "running" and current.get("pid") == os.getpid()):
-            export.write_json(status_file, status)
-    except (OSError, ValueError):
-        pass  # an unwritable folder was the error itself; stderr still says it
-
-
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
-    `overrides` are the command line's, saved beside the resolved config."""
-    claim_run_dir(run_dir)
-    export.write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    export.write_bytes_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)).encode())
+    `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
+    continues in its own folder from its last checkpoint."""
+    if cfg.resume:
+        choices = run_folder.take_over(run_dir)
+    else:
+        run_folder.claim(run_dir, choices, cfg, overrides)
     timing: dict[str, float] = {}
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     log.info("run folder %s, device %s, scenario %s", run_dir, device, choices)
 
-    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split) for split in ("train", "test"))
+    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split, cfg.dataset.verify)
+                   for split in ("train", "test"))
     train = train.head(cfg.dataset.train_subset).to(device)
     test = test.to(device)
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
+    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):
+        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(test)} test images")
     timing["data_s"] = time.perf_counter() - started
     log.info("data: %d train, %d test images of shape %s", len(train), len(test), tuple(train.images.shape[1:]))
 
@@ -88,11 +65,24 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     optimizer = instantiate(cfg.optimizer)(encoder.parameters())
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), generator)
+    scaler = make_grad_scaler(device, cfg.precision)
+    checkpointer = Checkpointer(run_dir, encoder, optimizer, scaler, generator)
+    state = checkpointer.restore() if cfg.resume else TrainState()
+    if cfg.resume:
+        log.info("resuming from %s at epoch %d, step %d", checkpointer.path, state.epoch, state.stats.steps)
 
-    with SummaryWriter(log_dir=str(run_dir / "tensorboard")) as writer:
-        stats = pretrain(encoder, loss_fn, sampler, optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                         device=device, precision=cfg.precision, generator=generator, writer=writer,
-                         log_every=cfg.log_every, channels_last=cfg.channels_last)
+    # on resume, TensorBoard drops the events logged after the checkpoint
+    with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
+        try:
+            with SignalStop() as stop_signal:
+                stats = pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=cfg.epochs,
+                                 batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+                                 generator=generator, writer=writer, log_every=cfg.log_every,
+                                 channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,
+                                 checkpointer=checkpointer, stop_signal=stop_signal)
+        except Interrupted as stop:
+            run_folder.record_interruption(run_dir, stop.signum)
+            raise
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(encoder, test.images)
@@ -122,8 +112,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
                      "threads": torch.get_num_threads()},
     )
     export.write_json(run_dir / "metrics.json", metrics)
-    export.write_json(run_dir / STATUS_FILE, {"status": "completed",
-                                              "finished": datetime.now(timezone.utc).isoformat()})
+    run_folder.record_completion(run_dir)
     log.info("done in %.1f s: %s", timing["total_s"], summary_line(metrics))
     return metrics
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cl_runner import export
+from cl_runner import export, run_folder
 from cl_runner.data.datasets import CIFAR10_CLASSES, MNIST_CLASSES
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_to
 def load_jobs(sweep_dir: Path) -> list[dict]:
     """Every job folder under `sweep_dir` (one holding a status.json), in job-number order."""
     jobs = []
-    for status_file in sorted(sweep_dir.glob("*/status.json")):
+    for status_file in sorted(sweep_dir.glob(f"*/{run_folder.STATUS_FILE}")):
         folder = status_file.parent
-        job = {"folder": folder, "status": json.loads(status_file.read_text()).get("status", "unknown")}
+        status = run_folder.read_status(folder) or {}
         metrics_file = folder / "metrics.json"
-        job["metrics"] = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        jobs.append(job)
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        jobs.append({"folder": folder, "status": status.get("status", "unknown"), "metrics": metrics,
+                     "scenario": metrics.get("scenario") or status.get("scenario") or {}})
     return sorted(jobs, key=lambda j: _job_number(j["folder"].name))
 
 
@@ -46,7 +47,7 @@ def _job_number(name: str) -> tuple[int, str]:
 def table_rows(jobs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: the scenario's groups (those that vary, plus dataset/aug/loss), the metrics of both
     protocols, training seconds and status."""
-    scenarios = [j["metrics"].get("scenario", {}) for j in jobs]
+    scenarios = [j["scenario"] for j in jobs]
     groups = [g for g in SCENARIO_GROUPS
               if g in ALWAYS_SHOWN or len({s.get(g) for s in scenarios}) > 1]
     header = ["job", *groups, *(f"{p}.{m}" for p, m in METRICS), "train_s", "status"]
@@ -88,13 +89,13 @@ def save_tsne_grid(path: Path, jobs: list[dict]) -> bool:
         ax.axis("off")
     for ax, job in zip(axes.flat, panels):
         coords, labels = export.read_tsne_csv(job["folder"] / "tsne.csv")
-        scenario = job["metrics"].get("scenario", {})
+        scenario = job["scenario"]
         classes = CIFAR10_CLASSES if scenario.get("dataset") == "cifar10" else MNIST_CLASSES
         top1 = job["metrics"].get("paper", {}).get("linear_top1")
         title = " / ".join(scenario.get(g, "?") for g in ALWAYS_SHOWN)
         export.plot_tsne(ax, coords, labels, classes, title + (f"\npaper top-1 {top1:.3f}" if top1 else ""))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    datasets = {j["metrics"].get("scenario", {}).get("dataset") for j in panels}
+    datasets = {j["scenario"].get("dataset") for j in panels}
     if len(datasets) > 1:  # MNIST digits and CIFAR-10 classes share a colour per class index
         names = [f"class {i}" for i in range(len(names))]
     fig.legend(handles, names, loc="lower center", ncol=10, markerscale=3, frameon=False)

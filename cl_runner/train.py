@@ -1,9 +1,12 @@
-"""The pretraining loop: sample tuples, augment, encode once, loss, step; AMP on CUDA, fp32 on CPU."""
+"""The pretraining loop: sample tuples, augment, encode once, loss, step; AMP on CUDA, fp32 on CPU.
+The loop can stop at any step boundary (a signal) and continue later from a checkpoint, bit for bit."""
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -38,6 +41,54 @@ class TrainStats:
         return self.images / self.seconds if self.seconds else 0.0
 
 
+@dataclass
+class TrainState:
+    """Where training stands, enough to continue it exactly: epochs completed, steps done in the current
+    epoch, that epoch's tuple order and its running loss sum."""
+
+    stats: TrainStats = field(default_factory=TrainStats)
+    epoch: int = 0
+    step_in_epoch: int = 0
+    order: torch.Tensor | None = None
+    epoch_loss_sum: float = 0.0
+
+
+class Interrupted(BaseException):
+    """Training stopped on a signal after writing a checkpoint (a BaseException: it ends a whole sweep)."""
+
+    def __init__(self, signum: int, checkpoint: str):
+        super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class SignalStop:
+    """While active, SIGINT and SIGTERM only set a flag, so the loop can finish its step and checkpoint;
+    calling the object returns the signal received (or None). A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "SignalStop":
+        self.signum = None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __call__(self) -> int | None:
+        return self.signum
+
+
 def autocast_for(device: torch.device, precision: str):
     """bf16/fp16 autocast on CUDA; a no-op context on CPU and for fp32 (the same code runs on both)."""
     if device.type != "cuda" or precision not in AUTOCAST_DTYPES:
@@ -45,61 +96,92 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type="cuda", dtype=AUTOCAST_DTYPES[precision])
 
 
-def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer, *,
-             epochs: int, batch_size: int, device: torch.device, precision: str, generator: torch.Generator,
-             writer: SummaryWriter, log_every: int = 10, channels_last: bool = True) -> TrainStats:
-    """Train `encoder` in place for `epochs` passes over the sampler's tuples, in random order.
-    channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and on tensor cores)."""
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast on CUDA only; a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
+
+
+def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, state: TrainState, *, epochs: int, batch_size: int,
+             device: torch.device, precision: str, generator: torch.Generator, writer: SummaryWriter,
+             log_every: int = 10, channels_last: bool = True, checkpoint_every: int = 1,
+             checkpointer=None, stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
+    """Train `encoder` in place from `state` up to `epochs` passes over the sampler's tuples, in random order.
+
+    channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and tensor cores).
+    `checkpointer.save(state)` runs every `checkpoint_every` epochs (0: never) and when `stop_signal()` names a
+    signal, which then ends training with `Interrupted` after the current step.
+    """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     encoder.to(memory_format=memory_format)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
     num_tuples = sampler.tuples_per_epoch()
     steps_per_epoch = math.ceil(num_tuples / batch_size)
-    stats = TrainStats()
+    finite_check_every = 1 if device.type == "cpu" else log_every  # a check is a host sync on a GPU
+    stats = state.stats
     encoder.train()
-    progress = tqdm(total=epochs * steps_per_epoch, unit="step", dynamic_ncols=True, mininterval=1.0)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(num_tuples, generator=generator, device=device)
-        epoch_loss = torch.zeros((), device=device)
-        window_loss, window_steps = torch.zeros((), device=device), 0
-        for first in range(0, num_tuples, batch_size):
-            ids = order[first:first + batch_size]
-            batch = sampler.batch(ids, generator)
-            with autocast_for(device, precision):
-                z = encoder(batch.images.contiguous(memory_format=memory_format))
-            loss = loss_fn(z.float().view(batch.views, len(ids), -1), batch.target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    progress = tqdm(total=epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
+                    unit="step", dynamic_ncols=True, mininterval=1.0)
+    start = time.perf_counter() - stats.seconds
+    try:
+        while state.epoch < epochs:
+            if state.step_in_epoch == 0:
+                state.order = torch.randperm(num_tuples, generator=generator, device=device)
+                state.epoch_loss_sum = 0.0
+            epoch_loss = torch.tensor(state.epoch_loss_sum, device=device)
+            window_loss, window_steps = torch.zeros((), device=device), 0
+            while state.step_in_epoch < steps_per_epoch:
+                first = state.step_in_epoch * batch_size
+                ids = state.order[first:first + batch_size]
+                batch = sampler.batch(ids, generator)
+                with autocast_for(device, precision):
+                    z = encoder(batch.images.contiguous(memory_format=memory_format))
+                loss = loss_fn(z.float().view(batch.views, len(ids), -1), batch.target)  # z: views x tuples x dim
+                if (stats.steps + 1) % finite_check_every == 0 and not torch.isfinite(loss):
+                    _diverged(loss.item(), stats.steps + 1, checkpointer)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
-            stats.steps += 1
-            stats.tuples += len(ids)
-            stats.images += len(batch.images)
-            epoch_loss += loss.detach()
-            window_loss += loss.detach()
-            window_steps += 1
-            progress.update()
-            if stats.steps % log_every == 0 or first + batch_size >= num_tuples:
-                mean_loss = (window_loss / window_steps).item()  # the only host sync: every log_every steps
-                _check_finite(mean_loss, stats.steps)
-                stats.seconds = time.perf_counter() - start
-                writer.add_scalar("train/loss", mean_loss, stats.steps)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], stats.steps)
-                writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
-                progress.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
-                                     tuples_per_s=f"{stats.tuples_per_second:.0f}")
-                window_loss, window_steps = torch.zeros((), device=device), 0
-        stats.epoch_losses.append((epoch_loss / steps_per_epoch).item())
-        writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], epoch + 1)
-        log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", epoch + 1, epochs, stats.epoch_losses[-1],
-                 stats.tuples_per_second)
-    progress.close()
-    stats.seconds = time.perf_counter() - start
+                state.step_in_epoch += 1
+                stats.steps += 1
+                stats.tuples += len(ids)
+                stats.images += len(batch.images)
+                epoch_loss += loss.detach()
+                window_loss += loss.detach()
+                window_steps += 1
+                progress.update()
+                if stats.steps % log_every == 0 or state.step_in_epoch == steps_per_epoch:
+                    mean_loss = (window_loss / window_steps).item()  # the only host sync: every log_every steps
+                    stats.seconds = time.perf_counter() - start
+                    writer.add_scalar("train/loss", mean_loss, stats.steps)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], stats.steps)
+                    writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
+                    progress.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
+                                         tuples_per_s=f"{stats.tuples_per_second:.0f}")
+                    window_loss, window_steps = torch.zeros((), device=device), 0
+                signum = stop_signal()
+                if signum is not None and checkpointer is not None:
+                    state.epoch_loss_sum = epoch_loss.item()
+                    stats.seconds = time.perf_counter() - start
+                    raise Interrupted(signum, checkpointer.save(state))
+            stats.epoch_losses.append(epoch_loss.item() / steps_per_epoch)
+            if not math.isfinite(stats.epoch_losses[-1]):
+                _diverged(stats.epoch_losses[-1], stats.steps, checkpointer)
+            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+            stats.seconds = time.perf_counter() - start
+            writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], state.epoch)
+            log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", state.epoch, epochs, stats.epoch_losses[-1],
+                     stats.tuples_per_second)
+            if checkpointer is not None and checkpoint_every and (
+                    state.epoch % checkpoint_every == 0 or state.epoch == epochs):
+                checkpointer.save(state)
+    finally:
+        progress.close()
     return stats
 
 
-def _check_finite(loss: float, step: int) -> None:
-    if not math.isfinite(loss):
-        raise UserError(f"the training loss became {loss} by step {step}; lower optimizer.lr or check the data")
+def _diverged(loss: float, step: int, checkpointer) -> None:
+    last = "none" if checkpointer is None else checkpointer.describe()
+    raise Diverged(f"the training loss became {loss} at step {step}; nothing after the last good checkpoint "
+                   f"({last}) was kept; lower optimizer.lr")

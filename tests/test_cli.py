@@ -130,6 +130,10 @@ BAD_INPUTS = [
     (["loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),
     (["batch_size=5000"], "batch_size=5000 is larger than the training set (1437 images)"),
     (["eval.protocols=[paper,linear]"], "eval.protocols must be a non-empty list drawn from"),
+    (["eval.tsne_points=5000"], "eval.tsne_points=5000 is more than the 360 test images"),
+    (["checkpoint_every=-1"], "checkpoint_every must be an integer >= 0"),
+    (["resume=no_such_run"], "resume=no_such_run: not a cl-run run folder"),
+    (["-m", "resume=a"], "job 0: resume= continues one run; it cannot be part of a multirun"),
     (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
 ]
 

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from cl_runner.data.datasets import load_split, read_cifar10, read_digits, read_mnist
+from cl_runner.data.datasets import load_split, read_cifar10, read_digits, read_mnist, verify_md5
 from cl_runner.errors import UserError
 
 
@@ -58,3 +58,25 @@ def test_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
 def test_unknown_data_set_lists_the_known_ones():
     with pytest.raises(UserError, match="cifar10"):
         load_split("imagenet", ".", "train")
+
+
+def test_a_damaged_file_fails_its_checksum(data_root, tmp_path):
+    for name in ("t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"):
+        verify_md5(data_root / "MNIST" / "raw" / name)  # the intact files pass
+    damaged = tmp_path / "t10k-labels-idx1-ubyte"
+    raw = bytearray((data_root / "MNIST" / "raw" / damaged.name).read_bytes())
+    raw[100] = (raw[100] + 1) % 10  # one label changed: the header and size still look right
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is damaged.*dataset.verify=false"):
+        verify_md5(damaged)
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cl_runner import run_folder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write into the run folder"):
+        run_folder.claim(blocker / "run", {}, OmegaConf.create({}), [])

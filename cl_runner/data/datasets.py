@@ -1,6 +1,7 @@
 """Read a data set's files into uint8 image tensors: one `ImageSet` per split, loaded once."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,20 @@ MNIST_FILES = {
 CIFAR10_FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
+}
+# MD5 sums of intact files: the official distribution's, and for CIFAR-10 also those of the offline copy in
+# ../shared/data (same pixels and labels, pickled without `filenames`; see its README).
+KNOWN_MD5 = {
+    "train-images-idx3-ubyte": {"6bbc9ace898e44ae57da46a324031adb"},
+    "train-labels-idx1-ubyte": {"a25bea736e30d166cdddb491f175f624"},
+    "t10k-images-idx3-ubyte": {"2646ac647ad5339dbf082846283269ea"},
+    "t10k-labels-idx1-ubyte": {"27ae3e4e09519cfbb04c329615203637"},
+    "data_batch_1": {"c99cafc152244af753f735de768cd75f", "7f1f526485e0896e8e9c1c8c9f951755"},
+    "data_batch_2": {"d4bba439e000b95fd0a9bffe97cbabec", "47c23102244263dc7f95da85d6b075da"},
+    "data_batch_3": {"54ebc095f3ab1f0389bbae665268c751", "72e214ffabc10dca971b4ff387d3c35f"},
+    "data_batch_4": {"634d18415352ddfa80567beed471001a", "3c7c2ec87d3f6edc1b50c6e6a05abea3"},
+    "data_batch_5": {"482c414d41f54cd18b22e5b47cb7c3cb", "c4b90936d1fbca583bd66dbab1de1df3"},
+    "test_batch": {"40351d587109b95175f43aff81a1287e", "8fb64598be51e09880de37da69388ac6"},
 }
 MNIST_CLASSES = [str(d) for d in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -44,10 +59,11 @@ class ImageSet:
         return ImageSet(self.images[:n], self.labels[:n], self.classes)
 
 
-def load_split(name: str, root: str | Path, split: str) -> ImageSet:
-    """Load split `train` or `test` of data set `name` (`digits`, `mnist` or `cifar10`) from `root`."""
-    readers = {"digits": lambda: read_digits(split), "mnist": lambda: read_mnist(Path(root), split),
-               "cifar10": lambda: read_cifar10(Path(root), split)}
+def load_split(name: str, root: str | Path, split: str, verify: bool = True) -> ImageSet:
+    """Load split `train` or `test` of data set `name` (`digits`, `mnist` or `cifar10`) from `root`;
+    `verify` checks each file's MD5 against the known intact versions first."""
+    readers = {"digits": lambda: read_digits(split), "mnist": lambda: read_mnist(Path(root), split, verify),
+               "cifar10": lambda: read_cifar10(Path(root), split, verify)}
     if name not in readers:
         raise UserError(f"dataset={name} is not a known data set; choose one of {sorted(readers)}")
     return readers[name]()
@@ -83,12 +99,29 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_mnist(root: Path, split: str) -> ImageSet:
+def verify_md5(path: Path) -> None:
+    """Refuse a file whose MD5 matches no known intact version of it (files we know nothing of pass)."""
+    known = KNOWN_MD5.get(path.name)
+    if not known:
+        return
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() not in known:
+        raise UserError(f"{path} is damaged or not the official file (MD5 {digest.hexdigest()}); replace it, or "
+                        "set dataset.verify=false to read it anyway")
+
+
+def read_mnist(root: Path, split: str, verify: bool = False) -> ImageSet:
     """MNIST from ROOT/MNIST/raw/*-ubyte, downloaded there with torchvision when absent."""
     folder = root / "MNIST" / "raw"
     image_file, label_file = (folder / f for f in MNIST_FILES[split])
     if not (image_file.exists() and label_file.exists()):
         _download("mnist", root, [folder / f for pair in MNIST_FILES.values() for f in pair])
+    if verify:
+        verify_md5(image_file)
+        verify_md5(label_file)
     images = read_idx(image_file, 3)
     labels = read_idx(label_file, 1)
     if len(images) != len(labels):
@@ -97,7 +130,7 @@ def read_mnist(root: Path, split: str) -> ImageSet:
                     MNIST_CLASSES)
 
 
-def read_cifar10(root: Path, split: str) -> ImageSet:
+def read_cifar10(root: Path, split: str, verify: bool = False) -> ImageSet:
     """CIFAR-10 from the python pickle batches in ROOT/cifar-10-batches-py, downloaded there when absent.
     Each batch's MD5 is not checked (see ../shared/data/README.md: equal pixels, other pickle bytes)."""
     folder = root / "cifar-10-batches-py"
@@ -106,6 +139,8 @@ def read_cifar10(root: Path, split: str) -> ImageSet:
         _download("cifar10", root, [folder / f for files in CIFAR10_FILES.values() for f in files])
     images, labels = [], []
     for path in paths:
+        if verify:
+            verify_md5(path)
         try:
             with path.open("rb") as fh:
                 batch = pickle.load(fh, encoding="latin1")

@@ -1,0 +1,66 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically into the run's folder."""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cl_runner.export import write_bytes_atomic
+from cl_runner.train import TrainState, TrainStats
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class Checkpointer:
+    """Saves and restores model, optimizer, grad scaler, every RNG (python, numpy, torch, CUDA, the sampling
+    generator) and the position in training, as one file replaced atomically."""
+
+    def __init__(self, run_dir: Path, encoder: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, generator: torch.Generator):
+        self.path = run_dir / CHECKPOINT_FILE
+        self.encoder, self.optimizer, self.scaler, self.generator = encoder, optimizer, scaler, generator
+
+    def describe(self) -> str:
+        return str(self.path) if self.path.exists() else "none written yet"
+
+    def save(self, state: TrainState) -> str:
+        payload = {
+            "encoder": self.encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "generator": self.generator.get_state()},
+            "position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                         "order": None if state.order is None else state.order.cpu(),
+                         "epoch_loss_sum": state.epoch_loss_sum},
+            "stats": vars(state.stats),
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_bytes_atomic(self.path, buffer.getvalue())
+        return str(self.path)
+
+    def restore(self) -> TrainState:
+        """Load the checkpoint into the bound objects; returns the position to continue from."""
+        payload = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
+        self.encoder.load_state_dict(payload["encoder"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        rng = payload["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["generator"])
+        position = payload["position"]
+        order = position["order"]
+        return TrainState(stats=TrainStats(**payload["stats"]), epoch=position["epoch"],
+                          step_in_epoch=position["step_in_epoch"],
+                          order=None if order is None else order.to(self.generator.device),
+                          epoch_loss_sum=position["epoch_loss_sum"])

@@ -1,0 +1,122 @@
+"""The run folder's lifecycle, recorded in status.json: claimed (running), completed, failed or interrupted.
+A run writes only into a folder it holds; resuming takes over an interrupted or failed run's folder."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from cl_runner.checkpoint import CHECKPOINT_FILE
+from cl_runner.errors import UserError
+from cl_runner.export import write_bytes_atomic, write_json
+
+STATUS_FILE = "status.json"
+
+
+class AlreadyFinished(Exception):
+    """`resume=` named a run that completed: nothing to do."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"status": "unreadable"}
+
+
+def claim(run_dir: Path, scenario: dict, config: DictConfig, overrides: list[str]) -> None:
+    """Mark a new folder as this run's and save its config; refuse a folder another run already holds."""
+    status = {"status": "running", "started": _now(), "pid": os.getpid(), "scenario": scenario}
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / STATUS_FILE, "x") as fh:
+            json.dump(status, fh)
+        write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
+        write_bytes_atomic(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
+    except FileExistsError:
+        raise UserError(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
+    except OSError as err:
+        raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
+
+
+def take_over(run_dir: Path) -> dict:
+    """Hold an interrupted or failed run's folder again, to resume it; returns its scenario."""
+    status = read_status(run_dir) or {}
+    if status.get("status") == "completed":
+        raise AlreadyFinished(f"run {run_dir} already finished; nothing to resume")
+    if status.get("status") == "running" and _alive(status.get("pid")):
+        raise UserError(f"resume={run_dir}: that run is still running (pid {status['pid']})")
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        raise UserError(f"resume={run_dir}: that folder holds no {CHECKPOINT_FILE} to continue from")
+    write_json(run_dir / STATUS_FILE, {**status, "status": "running", "resumed": _now(), "pid": os.getpid()})
+    return status.get("scenario", {})
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The saved config of the run in `run_dir`; command-line overrides that would change it are refused."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"resume={run_dir}: not a cl-run run folder (no config.yaml there)")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved_overrides = set(yaml.safe_load((run_dir / "overrides.yaml").read_text()) or [])
+    differing = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "resume" or override in saved_overrides:
+            continue
+        if key not in saved or not OmegaConf.is_config(saved[key]):  # a plain key: compare the values
+            if OmegaConf.select(saved, key, default=object()) == yaml.safe_load(value or "null"):
+                continue
+        differing.append(override)
+    if differing:
+        raise UserError(f"resume={run_dir} continues that run with its own config, which these overrides would "
+                        f"change: {', '.join(differing)}")
+    saved.resume = str(run_dir)
+    OmegaConf.set_struct(saved, True)
+    return saved
+
+
+def record_failure(run_dir: Path, message: str, scenario: dict) -> None:
+    """Mark the run folder failed, with the error; a folder that belongs to another run is left alone."""
+    status = read_status(run_dir)
+    try:
+        if status is None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / STATUS_FILE, {"status": "failed", "error": message, "finished": _now(),
+                                               "scenario": scenario})
+        elif status.get("status") == "running" and status.get("pid") == os.getpid():
+            write_json(run_dir / STATUS_FILE, {**status, "status": "failed", "error": message, "finished": _now()})
+    except OSError:
+        pass  # an unwritable folder was the error itself; stderr still says it
+
+
+def record_interruption(run_dir: Path, signum: int) -> None:
+    status = read_status(run_dir) or {}
+    write_json(run_dir / STATUS_FILE, {**status, "status": "interrupted", "signal": signum, "stopped": _now(),
+                                       "resume": f"cl-run resume={run_dir}"})
+
+
+def record_completion(run_dir: Path) -> None:
+    status = read_status(run_dir) or {}
+    write_json(run_dir / STATUS_FILE, {**status, "status": "completed", "finished": _now()})

@@ -1,0 +1,124 @@
+"""Nothing lost: checkpoints, resume after SIGKILL or SIGTERM, the NaN guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from cl_runner.checkpoint import Checkpointer
+from cl_runner.data.augment import NoAugment
+from cl_runner.data.datasets import read_digits
+from cl_runner.data.pairing import TripletSampler
+from cl_runner.models import PamiCNN
+from cl_runner.train import Diverged, TrainState, make_grad_scaler, pretrain
+from conftest import DATA_ROOT, run_cli
+
+RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1"]
+VOLATILE = ("timing", "environment")  # wall-clock figures differ between any two runs
+
+
+def comparable(metrics: dict) -> dict:
+    kept = {k: v for k, v in metrics.items() if k not in VOLATILE}
+    kept["train"] = {k: v for k, v in metrics["train"].items() if k in ("steps", "tuples", "images", "epoch_losses")}
+    return kept
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}  # same threads as the reference: same float sums
+    return subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    cwd = tmp_path_factory.mktemp("reference")
+    assert run_cli([*RUN, "hydra.run.dir=run"], cwd).returncode == 0
+    return json.loads((cwd / "run" / "metrics.json").read_text())
+
+
+def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    process = start([*RUN, "hydra.run.dir=run"], tmp_path)
+    wait_for(tmp_path / "run" / "checkpoint.pt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    result = run_cli(["resume=run"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert comparable(resumed) == comparable(uninterrupted)  # bit-identical on CPU: losses, probes, kNN
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
+    process = start([*RUN, "hydra.run.dir=run"], tmp_path)
+    wait_for(tmp_path / "run" / "tensorboard", process)
+    time.sleep(1.0)  # mid-epoch
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "continue with: cl-run resume=" in stderr.splitlines()[-1]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and (tmp_path / "run" / "checkpoint.pt").exists()
+    assert run_cli(["resume=run"], tmp_path).returncode == 0
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert comparable(resumed) == comparable(uninterrupted)
+
+
+def test_resume_refuses_a_changed_config_and_says_when_a_run_is_finished(tmp_path, uninterrupted):
+    assert run_cli([*RUN, "epochs=1", "hydra.run.dir=run"], tmp_path).returncode == 0
+    changed = run_cli(["resume=run", "optimizer.lr=0.3", "aug=none"], tmp_path)
+    assert changed.returncode == 2 and "would change: optimizer.lr=0.3, aug=none" in changed.stderr
+    same = run_cli(["resume=run", "batch_size=128", "loss=triplet"], tmp_path)  # values the run already had
+    assert same.returncode == 0 and "already finished; nothing to resume" in same.stderr
+    missing = run_cli(["resume=nowhere"], tmp_path)
+    assert missing.returncode == 2 and "not a cl-run run folder" in missing.stderr
+
+
+class NaNAtStep(nn.Module):
+    """A triplet loss that turns NaN at a given call, to inject a divergence."""
+
+    pairings = ("triplet",)
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.calls, self.step = 0, step
+
+    def forward(self, z, target=None):
+        self.calls += 1
+        loss = nn.functional.triplet_margin_loss(*z)
+        return loss * float("nan") if self.calls >= self.step else loss
+
+
+def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    train = read_digits("train").head(256)
+    generator = torch.Generator().manual_seed(0)
+    sampler = TripletSampler()
+    sampler.setup(train, NoAugment(), generator)
+    encoder = PamiCNN(1)
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    scaler = make_grad_scaler(torch.device("cpu"), "fp32")
+    checkpointer = Checkpointer(tmp_path, encoder, optimizer, scaler, generator)
+    state = TrainState()
+    with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
+        pretrain(encoder, NaNAtStep(6), sampler, optimizer, scaler, state, epochs=3, batch_size=64,
+                 device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
+                 checkpointer=checkpointer)  # 4 steps an epoch: the NaN comes in epoch 2
+    assert "loss became nan at step 6" in str(stop.value) and str(tmp_path / "checkpoint.pt") in str(stop.value)
+    assert state.stats.steps == 5  # the NaN step was not applied
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["position"]["epoch"] == 1 and saved["stats"]["steps"] == 4
+    assert all(torch.isfinite(p).all() for p in saved["encoder"].values() if p.is_floating_point())

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cl_runner.data.pairing import TupleSampler
+from cl_runner.data.pairing import TupleBatch, TupleSampler
 from cl_runner.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,24 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
+def train_step(encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, batch: TupleBatch, *, device: torch.device, precision: str,
+               memory_format: torch.memory_format, check_finite: bool = False) -> torch.Tensor:
+    """One optimization step on a batch of tuples: encode all views in one pass, loss in fp32, update.
+    Returns the loss, not synchronized to the host; with `check_finite` (a host sync), a NaN or infinite
+    loss is not applied and None is returned."""
+    with autocast_for(device, precision):
+        z = encoder(batch.images.contiguous(memory_format=memory_format))
+    loss = loss_fn(z.float().view(batch.views, -1, z.shape[-1]), batch.target)  # z: views x tuples x dim
+    if check_finite and not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, state: TrainState, *, epochs: int, batch_size: int,
              device: torch.device, precision: str, generator: torch.Generator, writer: SummaryWriter,
@@ -133,22 +151,18 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                 first = state.step_in_epoch * batch_size
                 ids = state.order[first:first + batch_size]
                 batch = sampler.batch(ids, generator)
-                with autocast_for(device, precision):
-                    z = encoder(batch.images.contiguous(memory_format=memory_format))
-                loss = loss_fn(z.float().view(batch.views, len(ids), -1), batch.target)  # z: views x tuples x dim
-                if (stats.steps + 1) % finite_check_every == 0 and not torch.isfinite(loss):
-                    _diverged(loss.item(), stats.steps + 1, checkpointer)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                loss = train_step(encoder, loss_fn, optimizer, scaler, batch, device=device, precision=precision,
+                                  memory_format=memory_format,
+                                  check_finite=(stats.steps + 1) % finite_check_every == 0)
+                if loss is None:
+                    _diverged(stats.steps + 1, checkpointer)
 
                 state.step_in_epoch += 1
                 stats.steps += 1
                 stats.tuples += len(ids)
                 stats.images += len(batch.images)
-                epoch_loss += loss.detach()
-                window_loss += loss.detach()
+                epoch_loss += loss
+                window_loss += loss
                 window_steps += 1
                 progress.update()
                 if stats.steps % log_every == 0 or state.step_in_epoch == steps_per_epoch:
@@ -167,7 +181,7 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                     raise Interrupted(signum, checkpointer.save(state))
             stats.epoch_losses.append(epoch_loss.item() / steps_per_epoch)
             if not math.isfinite(stats.epoch_losses[-1]):
-                _diverged(stats.epoch_losses[-1], stats.steps, checkpointer)
+                _diverged(stats.steps, checkpointer)
             state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
             stats.seconds = time.perf_counter() - start
             writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], state.epoch)
@@ -181,7 +195,7 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
     return stats
 
 
-def _diverged(loss: float, step: int, checkpointer) -> None:
+def _diverged(step: int, checkpointer) -> None:
     last = "none" if checkpointer is None else checkpointer.describe()
-    raise Diverged(f"the training loss became {loss} at step {step}; nothing after the last good checkpoint "
-                   f"({last}) was kept; lower optimizer.lr")
+    raise Diverged(f"the training loss became NaN or infinite by step {step}; nothing after the last good "
+                   f"checkpoint ({last}) was kept; lower optimizer.lr")

@@ -1,0 +1,234 @@
+"""Pipeline benchmark: tuples per second of three ways to feed the same training step, in one process and run.
+
+(a) study: the study's pipeline, per-image torchvision/PIL transforms in a DataLoader with worker processes and
+    label-aware negatives, feeding the model step;
+(b) floor: the model step alone on ready tensors, in the device's best memory format;
+(c) cl-runner: the real training loop (sampling, batched augmentation on the device, forward, backward, step).
+
+Prints a table and one JSON line with the three figures and the ratios c/a and c/b. Compare ratios, not absolute
+times: machines are noisy. Example (the study's CIFAR-10 setting):
+
+    python scripts/bench_pipeline.py --dataset cifar10 --aug simclr --loss triplet --batch-size 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar from the training loop in a benchmark's output
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.tensorboard import SummaryWriter
+from torchvision import transforms
+
+from cl_runner.cli import config_dir
+from cl_runner.data.datasets import ImageSet, load_split
+from cl_runner.data.pairing import TupleBatch
+from cl_runner.experiment import resolve_device
+from cl_runner.train import TrainState, make_grad_scaler, pretrain, train_step
+
+
+def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
+    """The study's per-image augmentation of the positive (SPEC.md), then ToTensor and Normalize(0.5, 0.5)."""
+    steps = {
+        "none": [],
+        "guo": [transforms.Resize(2 * side), transforms.Pad(18), transforms.RandomRotation(15),
+                transforms.CenterCrop(int(2.25 * side)), transforms.Resize(side)],
+        "simclr": [transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip(),
+                   transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                   transforms.RandomGrayscale(p=0.2), transforms.GaussianBlur(3)],
+    }[aug]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)])
+
+
+class StudyTuples(Dataset):
+    """Tuples as the study built them: PIL images, the positive augmented per image, a negative of another
+    class drawn from per-class index lists. Pairs: item i < N is (x_i, view, +1), item N + i is (x_i, neg, -1)."""
+
+    def __init__(self, data: ImageSet, aug: str, pairing: str):
+        array = data.images.cpu().numpy()
+        mode = "L" if array.shape[1] == 1 else "RGB"
+        self.images = [Image.fromarray(a[0] if mode == "L" else a.transpose(1, 2, 0), mode) for a in array]
+        self.labels = data.labels.cpu().numpy()
+        self.others = {c: np.flatnonzero(self.labels != c) for c in np.unique(self.labels)}
+        side, channels = array.shape[-1], array.shape[1]
+        self.augment = study_transform(aug, side, channels)
+        self.clean = study_transform("none", side, channels)
+        self.pairing = pairing
+
+    def __len__(self) -> int:
+        return len(self.images) * (2 if self.pairing == "pair" else 1)
+
+    def negative(self, i: int) -> torch.Tensor:
+        return self.clean(self.images[np.random.choice(self.others[self.labels[i]])])
+
+    def __getitem__(self, item: int):
+        n = len(self.images)
+        i = item % n
+        anchor = self.clean(self.images[i])
+        if self.pairing == "triplet":
+            return anchor, self.augment(self.images[i]), self.negative(i)
+        if item < n:
+            return anchor, self.augment(self.images[i]), torch.tensor(1.0)
+        return anchor, self.negative(i), torch.tensor(-1.0)
+
+
+def study_batches(loader: DataLoader, pairing: str, device: torch.device):
+    for parts in loader:
+        if pairing == "triplet":
+            yield TupleBatch(torch.cat(parts).to(device, non_blocking=True), views=3)
+        else:
+            yield TupleBatch(torch.cat(parts[:2]).to(device, non_blocking=True), views=2, target=parts[2].to(device))
+
+
+def compose_config(args):
+    """The run's config as `cl-run` composes it (Hydra's compose API: the loss picks its pairing)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=[f"dataset={args.dataset}", f"aug={args.aug}", f"loss={args.loss}",
+                                            f"encoder={args.encoder}", f"dataset.root={args.data_root}"])
+
+
+def time_steps(batches, step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for `steps` steps after `warmup` untimed ones, synchronized on CUDA."""
+    for _ in range(warmup):
+        step(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="cifar10", choices=["digits", "mnist", "cifar10"])
+    parser.add_argument("--aug", default="simclr", choices=["none", "guo", "simclr"])
+    parser.add_argument("--loss", default="triplet", choices=["triplet", "cosine_embedding"])
+    parser.add_argument("--encoder", default="pami_cnn")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the study pipeline")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "data"))
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    cfg = compose_config(args)
+    pairing = instantiate(cfg.pairing).name
+    torch.manual_seed(0)
+    tuples_per_image = 1 if pairing == "triplet" else 2  # a pair epoch holds two tuples per image
+    needed = math.ceil((args.steps + args.warmup) * args.batch_size / tuples_per_image)
+    train = load_split(args.dataset, args.data_root, "train")
+    if needed > len(train):
+        parser.error(f"--steps and --warmup need {needed} training images; {args.dataset} has {len(train)}")
+    train = train.head(needed)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    memory_format = torch.channels_last
+    views = 3 if pairing == "triplet" else 2
+
+    def fresh_model():
+        encoder = instantiate(cfg.encoder).to(device, memory_format=memory_format)
+        optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
+        return encoder, instantiate(cfg.loss), optimizer, make_grad_scaler(device, precision)
+
+    def model_step(parts):
+        def step(batch):
+            train_step(*parts, batch, device=device, precision=precision, memory_format=memory_format)
+        return step
+
+    # (a) the study's pipeline
+    loader = DataLoader(StudyTuples(train, args.aug, pairing), batch_size=args.batch_size, shuffle=True,
+                        num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    study_seconds = time_steps(study_batches(loader, pairing, device), model_step(fresh_model()), args.steps,
+                               args.warmup, device)
+
+    # (b) the floor: the model step on ready tensors
+    side, channels = train.images.shape[-1], train.images.shape[1]
+    ready = TupleBatch(torch.randn(views * args.batch_size, channels, side, side, device=device), views=views,
+                       target=torch.ones(args.batch_size, device=device) if views == 2 else None)
+    floor_seconds = time_steps(iter(lambda: ready, None), model_step(fresh_model()), args.steps, args.warmup,
+                               device)
+
+    # (c) cl-runner's training loop, as `cl-run` runs it (one epoch over exactly warmup + steps batches)
+    runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(), args, device, precision)
+
+    steps = args.steps
+    figures = {"study_tuples_per_s": steps * args.batch_size / study_seconds,
+               "floor_tuples_per_s": steps * args.batch_size / floor_seconds,
+               "cl_runner_tuples_per_s": steps * args.batch_size / runner_seconds}
+    for key in list(figures):
+        figures[key.replace("tuples", "images")] = figures[key] * views
+    figures["c_over_a"] = figures["cl_runner_tuples_per_s"] / figures["study_tuples_per_s"]
+    figures["c_over_b"] = figures["cl_runner_tuples_per_s"] / figures["floor_tuples_per_s"]
+    setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
+               "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
+               "workers": args.workers, "device": str(device), "device_name": device_name(device),
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print_table(figures, setting)
+    print(json.dumps({**setting, **figures}))
+
+
+def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str) -> float:
+    """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run."""
+    encoder, loss_fn, optimizer, scaler = parts
+    sampler = instantiate(cfg.pairing)
+    generator = torch.Generator(device).manual_seed(0)
+    sampler.setup(train, instantiate(cfg.aug), generator)
+    with tempfile.TemporaryDirectory() as logs, SummaryWriter(log_dir=logs) as writer:
+        def run(steps: int) -> float:
+            start = time.perf_counter()
+            pretrain(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler, TrainState(),
+                     epochs=1, batch_size=args.batch_size, device=device, precision=precision,
+                     generator=generator, writer=writer, checkpoint_every=0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        run(args.warmup)
+        return run(args.steps)
+
+
+class _Limited:
+    """A sampler whose epoch is cut to `tuples` tuples (the rest of the sampler unchanged)."""
+
+    def __init__(self, sampler, tuples: int):
+        self.sampler, self.tuples = sampler, min(tuples, sampler.tuples_per_epoch())
+
+    def tuples_per_epoch(self) -> int:
+        return self.tuples
+
+    def batch(self, ids, generator):
+        return self.sampler.batch(ids, generator)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def print_table(figures: dict, setting: dict) -> None:
+    print(f"{setting['dataset']} / {setting['aug']} / {setting['loss']}, batch {setting['batch_size']}, "
+          f"{setting['steps']} timed steps on {setting['device_name']} ({setting['threads']} threads)")
+    print(f"{'pipeline':<34}{'tuples/s':>12}{'images/s':>12}")
+    for key, name in (("study", "(a) study: PIL + DataLoader"), ("floor", "(b) floor: model step only"),
+                      ("cl_runner", "(c) cl-runner training loop")):
+        print(f"{name:<34}{figures[key + '_tuples_per_s']:>12.0f}{figures[key + '_images_per_s']:>12.0f}")
+    print(f"c/a = {figures['c_over_a']:.2f}   c/b = {figures['c_over_b']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -221,46 +221,33 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 
 def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by `shift` [B] turns (in [-0.5, 0.5]) in HSV space."""
-    hue, sat, val = rgb_to_hsv(images).unbind(1)
-    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
-    return hsv_to_rgb(torch.stack([hue, sat, val], 1))
+    """Rotate the hue by `shift` [B] turns (in [-0.5, 0.5]) in the HSV hexcone model, as torchvision does.
 
-
-def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] RGB in [0, 1] -> HSV with hue in [0, 1) (the hexcone model)."""
+    A hue rotation keeps each pixel's max and chroma, so the result comes straight from RGB: channel n is
+    v - c * clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h') mod 6 (n = 5, 3, 1 for R, G, B)."""
     r, g, b = images.unbind(1)
-    val = images.max(dim=1).values
-    chroma = val - images.min(dim=1).values
-    gray = chroma == 0
-    safe_chroma = torch.where(gray, torch.ones_like(chroma), chroma)
-    sat = chroma / torch.where(gray, torch.ones_like(val), val)
-    hue_r = torch.remainder((g - b) / safe_chroma, 6.0)
-    hue_g = (b - r) / safe_chroma + 2.0
-    hue_b = (r - g) / safe_chroma + 4.0
-    hue = torch.where(val == r, hue_r, torch.where(val == g, hue_g, hue_b))  # ties: red, then green
-    hue = torch.where(gray, torch.zeros_like(hue), hue) / 6.0
-    return torch.stack([torch.remainder(hue, 1.0), sat, val], 1)
-
-
-def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_hsv`: each channel is v - v s max(0, min(k, 4 - k, 1)), k = (n + 6h) mod 6."""
-    hue, sat, val = images.unbind(1)
+    val = images.amax(dim=1)
+    chroma = val - images.amin(dim=1)
+    safe = chroma.clamp_min(1e-12)  # gray pixels: chroma 0, so their hue does not matter
+    hue6 = torch.where(val == r, (g - b) / safe, torch.where(val == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue6 += shift.view(-1, 1, 1) * 6
     channels = []
     for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(n + hue * 6.0, 6.0)
-        ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-        channels.append(val - val * sat * ramp)
-    return torch.stack(channels, 1).clamp_(0, 1)
+        k = torch.remainder(hue6 + n, 6.0)
+        channels.append(val - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(channels, 1)
 
 
 def gaussian_blur(images: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma [B] and reflect padding (torchvision's GaussianBlur)."""
+    """Separable Gaussian blur with a per-sample sigma [B] and reflect padding (torchvision's GaussianBlur):
+    two depthwise convolutions, one kernel per image and channel."""
     half = kernel // 2
+    n, channels, height, width = images.shape
     taps = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
     weights = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
-    weights = weights / weights.sum(dim=1, keepdim=True)  # [B, kernel]
-    height, width = images.shape[-2:]
-    padded = F.pad(images, (half, half, half, half), mode="reflect")
-    rows = sum(_per_sample(weights[:, i]) * padded[..., :, i:i + width] for i in range(kernel))
-    return sum(_per_sample(weights[:, i]) * rows[..., i:i + height, :] for i in range(kernel))
+    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # [B*C, kernel]
+    flat = F.pad(images, (half, half, half, half), mode="reflect").reshape(1, n * channels, height + 2 * half,
+                                                                          width + 2 * half)
+    flat = F.conv2d(flat, weights.view(-1, 1, 1, kernel), groups=n * channels)  # along rows
+    flat = F.conv2d(flat, weights.view(-1, 1, kernel, 1), groups=n * channels)  # along columns
+    return flat.view(n, channels, height, width)

@@ -33,6 +33,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("channels_last", lambda v: isinstance(v, bool), "true or false"),
+    ("compile", lambda v: isinstance(v, bool), "true or false"),
     ("checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no checkpoints)"),
     ("resume", lambda v: v is None or isinstance(v, str), "null or the path of a run folder"),
     ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

@@ -75,7 +75,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
         try:
             with SignalStop() as stop_signal:
-                stats = pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=cfg.epochs,
+                trained = torch.compile(encoder) if cfg.compile else encoder  # shares the encoder's parameters
+                stats = pretrain(trained, loss_fn, sampler, optimizer, scaler, state, epochs=cfg.epochs,
                                  batch_size=cfg.batch_size, device=device, precision=cfg.precision,
                                  generator=generator, writer=writer, log_every=cfg.log_every,
                                  channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,

@@ -147,6 +147,17 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_full_or_read_only_disk_is_a_user_error_in_one_line():
+    import errno
+
+    from cl_runner.cli import is_user_error, one_line
+
+    full = OSError(errno.ENOSPC, "No space left on device", "outputs/runs/x/metrics.json")
+    assert is_user_error(full) and is_user_error(OSError(errno.EROFS, "Read-only file system"))
+    assert one_line(full) == "[Errno 28] No space left on device: 'outputs/runs/x/metrics.json'"
+    assert not is_user_error(ValueError("a bug"))
+
+
 def test_full_traceback_only_on_request(tmp_path):
     result = run_cli(["epochs=abc"], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr

@@ -16,13 +16,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class Checkpointer:
-    """Saves and restores model, optimizer, grad scaler, every RNG (python, numpy, torch, CUDA, the sampling
+    """Saves and restores model, optimizer, learning-rate schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the sampling
     generator) and the position in training, as one file replaced atomically."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, generator: torch.Generator):
+                 scaler: torch.amp.GradScaler, generator: torch.Generator, schedule=None):
         self.path = run_dir / CHECKPOINT_FILE
         self.encoder, self.optimizer, self.scaler, self.generator = encoder, optimizer, scaler, generator
+        self.schedule = schedule
 
     def describe(self) -> str:
         return str(self.path) if self.path.exists() else "none written yet"
@@ -32,6 +33,7 @@ class Checkpointer:
             "encoder": self.encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "generator": self.generator.get_state()},
@@ -51,6 +53,8 @@ class Checkpointer:
         self.encoder.load_state_dict(payload["encoder"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(payload["schedule"])
         rng = payload["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])

@@ -21,7 +21,7 @@ from cl_runner.train import Interrupted
 
 log = logging.getLogger(__name__)
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
-GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "experiment")
+GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
 FAILED_JOBS: list[str] = []  # one line per job that ended in a user error, for the exit code and stderr
 # hydra.run.dir: the resumed run's own folder, else a new one
 OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)

@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from cl_runner.errors import UserError
+from cl_runner.optim import LR_SCALING
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -38,6 +39,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("resume", lambda v: v is None or isinstance(v, str), "null or the path of a run folder"),
     ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("schedule.lr_scaling", lambda v: v in LR_SCALING, f"one of {', '.join(LR_SCALING)}"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.verify", lambda v: isinstance(v, bool), "true or false"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),

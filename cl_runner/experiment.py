@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import random
 import time
@@ -17,6 +18,7 @@ from cl_runner import evaluate, export, run_folder
 from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.datasets import load_split
 from cl_runner.errors import UserError
+from cl_runner.optim import parameter_groups
 from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain
 
 log = logging.getLogger(__name__)
@@ -62,11 +64,15 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     generator = torch.Generator(device).manual_seed(cfg.seed)
     encoder = instantiate(cfg.encoder).to(device)
     loss_fn = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optimizer)(encoder.parameters())
+    optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), generator)
+    schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
+                                         cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
+    log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
+             cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, cfg.precision)
-    checkpointer = Checkpointer(run_dir, encoder, optimizer, scaler, generator)
+    checkpointer = Checkpointer(run_dir, encoder, optimizer, scaler, generator, schedule)
     state = checkpointer.restore() if cfg.resume else TrainState()
     if cfg.resume:
         log.info("resuming from %s at epoch %d, step %d", checkpointer.path, state.epoch, state.stats.steps)
@@ -76,7 +82,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         try:
             with SignalStop() as stop_signal:
                 trained = torch.compile(encoder) if cfg.compile else encoder  # shares the encoder's parameters
-                stats = pretrain(trained, loss_fn, sampler, optimizer, scaler, state, epochs=cfg.epochs,
+                stats = pretrain(trained, loss_fn, sampler, optimizer, scaler, state, schedule=schedule,
+                                 epochs=cfg.epochs,
                                  batch_size=cfg.batch_size, device=device, precision=cfg.precision,
                                  generator=generator, writer=writer, log_every=cfg.log_every,
                                  channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,

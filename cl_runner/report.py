@@ -19,7 +19,7 @@ from cl_runner import export, run_folder
 from cl_runner.data.datasets import CIFAR10_CLASSES, MNIST_CLASSES
 
 log = logging.getLogger(__name__)
-SCENARIO_GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer")
+SCENARIO_GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule")
 ALWAYS_SHOWN = ("dataset", "aug", "loss")
 METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_top1"),
            ("standard", "linear_top1"), ("standard", "linear_top3"), ("standard", "knn_top1"),

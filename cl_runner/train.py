@@ -120,11 +120,12 @@ def train_step(encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Op
 
 
 def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, state: TrainState, *, epochs: int, batch_size: int,
+             scaler: torch.amp.GradScaler, state: TrainState, *, schedule=None, epochs: int, batch_size: int,
              device: torch.device, precision: str, generator: torch.Generator, writer: SummaryWriter,
              log_every: int = 10, channels_last: bool = True, checkpoint_every: int = 1,
              checkpointer=None, stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
-    """Train `encoder` in place from `state` up to `epochs` passes over the sampler's tuples, in random order.
+    """Train `encoder` in place from `state` up to `epochs` passes over the sampler's tuples, in random order,
+    stepping the learning-rate `schedule` (a torch LR scheduler) after every optimizer step.
 
     channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and tensor cores).
     `checkpointer.save(state)` runs every `checkpoint_every` epochs (0: never) and when `stop_signal()` names a
@@ -156,6 +157,8 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                                   check_finite=(stats.steps + 1) % finite_check_every == 0)
                 if loss is None:
                     _diverged(stats.steps + 1, checkpointer)
+                if schedule is not None:
+                    schedule.step()
 
                 state.step_in_epoch += 1
                 stats.steps += 1

@@ -49,7 +49,8 @@ def test_metrics_are_nested_by_protocol(digits_run):
     assert metrics["train"]["tuples_per_s"] > 0 and metrics["train"]["steps"] == 45  # ceil(2 * 1437 / 64)
     assert set(metrics["timing"]) >= {"data_s", "train_s", "eval_s", "tsne_s", "export_s", "total_s"}
     assert metrics["scenario"] == {"dataset": "digits", "aug": "simclr", "pairing": "pair",
-                                   "loss": "cosine_embedding", "encoder": "pami_cnn", "optimizer": "sgd"}
+                                   "loss": "cosine_embedding", "encoder": "pami_cnn", "optimizer": "sgd",
+                                   "schedule": "constant"}
 
 
 def test_tsne_csv_holds_the_first_test_images(digits_run):

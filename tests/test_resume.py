@@ -20,7 +20,8 @@ from cl_runner.models import PamiCNN
 from cl_runner.train import Diverged, TrainState, make_grad_scaler, pretrain
 from conftest import DATA_ROOT, run_cli
 
-RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1"]
+RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
+       "optimizer=lars", "schedule=warmup_cosine", "schedule.warmup_epochs=1"]  # optimizer and schedule state too
 VOLATILE = ("timing", "environment")  # wall-clock figures differ between any two runs
 
 
@@ -80,8 +81,8 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tm
 
 def test_resume_refuses_a_changed_config_and_says_when_a_run_is_finished(tmp_path, uninterrupted):
     assert run_cli([*RUN, "epochs=1", "hydra.run.dir=run"], tmp_path).returncode == 0
-    changed = run_cli(["resume=run", "optimizer.lr=0.3", "aug=none"], tmp_path)
-    assert changed.returncode == 2 and "would change: optimizer.lr=0.3, aug=none" in changed.stderr
+    changed = run_cli(["resume=run", "optimizer.lr=0.7", "aug=none"], tmp_path)
+    assert changed.returncode == 2 and "would change: optimizer.lr=0.7, aug=none" in changed.stderr
     same = run_cli(["resume=run", "batch_size=128", "loss=triplet"], tmp_path)  # values the run already had
     assert same.returncode == 0 and "already finished; nothing to resume" in same.stderr
     missing = run_cli(["resume=nowhere"], tmp_path)

@@ -64,11 +64,14 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     generator = torch.Generator(device).manual_seed(cfg.seed)
     encoder = instantiate(cfg.encoder).to(device)
     loss_fn = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), generator)
-    schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
-                                         cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
+    try:  # the optimizer and schedule are partials: their own checks of the config run here
+        optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
+        schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
+                                             cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
+    except ValueError as err:
+        raise UserError(f"optimizer or schedule: {err}") from err
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, cfg.precision)

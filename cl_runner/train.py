@@ -109,7 +109,8 @@ def train_step(encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Op
     loss is not applied and None is returned."""
     with autocast_for(device, precision):
         z = encoder(batch.images.contiguous(memory_format=memory_format))
-    loss = loss_fn(z.float().view(batch.views, -1, z.shape[-1]), batch.target)  # z: views x tuples x dim
+    z = z.float().view(batch.views, -1, z.shape[-1])  # views x tuples x dim
+    loss = loss_fn(z, batch.target, batch.labels)
     if check_finite and not torch.isfinite(loss):
         return None
     optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cl_runner.models import PamiCNN
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 
 PROMISED_FILES = ["config.yaml", "overrides.yaml", "metrics.json", "status.json", "confusion_matrix.png",
                   "tsne.csv", "tsne.png", "encoder.pt", "cl_run.log"]
@@ -117,8 +117,9 @@ def test_cl_report_rebuilds_the_table_of_a_sweep_folder(tmp_path):
     assert missing.returncode == 2 and "holds no cl-run job folders" in missing.stderr
 
 
+LOSSES = ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
 BAD_INPUTS = [
-    (["loss=bogus"], "Could not find 'loss/bogus'; choose one of: cosine_embedding, triplet"),
+    (["loss=bogus"], f"Could not find 'loss/bogus'; choose one of: {LOSSES}"),
     (["dataset=imagenet"], "choose one of: cifar10, digits, mnist"),
     (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
     (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
@@ -129,6 +130,12 @@ BAD_INPUTS = [
     (["loss=triplet", "pairing=pair"], "loss=triplet cannot train on pairing=pair: it needs pairing=triplet"),
     (["loss=cosine_embedding", "pairing=triplet"], "cannot train on pairing=triplet: it needs pairing=pair"),
     (["loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),
+    (["loss=supcon", "pairing.negatives=random"], "loss=supcon uses the class labels: it needs pairing.negatives"),
+    (["loss=ntxent", "pairing=triplet"], "loss=ntxent cannot train on pairing=triplet: it needs pairing=multiview"),
+    (["pairing.negatives=hard"], "pairing.negatives must be one of label_aware, random, got 'hard'"),
+    (["loss=ntxent", "pairing.fixed_views=true"], "pairing.fixed_views is for pairs and triplets"),
+    (["optimizer=lars", "optimizer.momentum=1.5"], "LARS needs lr > 0, 0 <= momentum < 1"),
+    (["schedule.lr_scaling=cubic"], "schedule.lr_scaling must be one of none, linear, sqrt"),
     (["batch_size=5000"], "batch_size=5000 is larger than the training set (1437 images)"),
     (["eval.protocols=[paper,linear]"], "eval.protocols must be a non-empty list drawn from"),
     (["eval.tsne_points=5000"], "eval.tsne_points=5000 is more than the 360 test images"),

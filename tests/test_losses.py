@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cl_runner.losses import CosineEmbeddingLoss, TripletMarginLoss
+from cl_runner.losses import CosineEmbeddingLoss, NTXentLoss, SupConLoss, TripletMarginLoss
 
 
 def test_cosine_embedding_hand_computed():
@@ -59,3 +59,82 @@ def test_losses_are_differentiable_and_decrease_under_sgd():
             loss_fn(z, target).backward()
             opt.step()
         assert loss_fn(z, target).item() < first
+
+
+def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's algorithm 1, written out loop by loop: l(i, j) = -log(exp(s_ij / T) / sum_{k != i} exp(s_ik / T)),
+    L = mean over the 2N ordered positive pairs."""
+    z = torch.cat([z1, z2])
+    z = z / z.norm(dim=1, keepdim=True)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        denominator = sum(torch.exp(z[i] @ z[k] / temperature) for k in range(2 * n) if k != i)
+        total += -torch.log(torch.exp(z[i] @ z[j] / temperature) / denominator)
+    return total / (2 * n)
+
+
+def test_ntxent_on_a_hand_computed_case():
+    # two images, two views each; view 2 equals view 1. Normalized: a = (1, 0), b = (0, 1).
+    z = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [0.0, 1.0]]])
+    # anchor a: positive a (s = 1), negatives b, b (s = 0): -log(e / (e + 2)) with T = 1; the same for all four
+    expected = -math.log(math.e / (math.e + 2))
+    assert NTXentLoss(temperature=1.0)(z).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ntxent_equals_simclrs_pseudocode_and_is_symmetric_in_its_views():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 6, 5, generator=g)
+    loss = NTXentLoss(temperature=0.3)
+    assert loss(z).item() == pytest.approx(ntxent_reference(z[0], z[1], 0.3).item(), rel=1e-5)
+    assert loss(z).item() == pytest.approx(loss(z.flip(0)).item(), rel=1e-6)
+
+
+def test_ntxent_with_labels_leaves_same_class_images_out_of_the_negatives():
+    z = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]])
+    labels = torch.tensor([0, 1, 0])
+    loss = NTXentLoss(temperature=1.0)
+    assert loss(z, labels=labels).item() < loss(z).item()  # image 2 no longer repels image 0
+    assert loss(z, labels=torch.tensor([0, 1, 2])).item() == pytest.approx(loss(z).item())
+
+
+def supcon_reference(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al. 2020, eq. 2, anchor by anchor."""
+    flat = torch.cat(list(z))
+    flat = flat / flat.norm(dim=1, keepdim=True)
+    all_labels = labels.repeat(len(z))
+    total, anchors = 0.0, 0
+    for i in range(len(flat)):
+        positives = [p for p in range(len(flat)) if p != i and all_labels[p] == all_labels[i]]
+        denominator = sum(torch.exp(flat[i] @ flat[a] / temperature) for a in range(len(flat)) if a != i)
+        total += sum(-torch.log(torch.exp(flat[i] @ flat[p] / temperature) / denominator)
+                     for p in positives) / len(positives)
+        anchors += 1
+    return total / anchors
+
+
+def test_supcon_equals_the_papers_formula_and_reduces_to_ntxent_without_shared_classes():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 8, 4, generator=g)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])
+    assert SupConLoss(0.2)(z, labels=labels).item() == pytest.approx(supcon_reference(z, labels, 0.2).item(),
+                                                                     rel=1e-5)
+    unique = torch.arange(8)
+    assert SupConLoss(0.2)(z, labels=unique).item() == pytest.approx(NTXentLoss(0.2)(z).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs class labels"):
+        SupConLoss()(z)
+
+
+@pytest.mark.parametrize("loss_fn", [NTXentLoss(0.5), SupConLoss(0.5)], ids=["ntxent", "supcon"])
+def test_in_batch_losses_decrease_under_sgd(loss_fn):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 16, 8, generator=g, requires_grad=True)
+    labels = torch.arange(16) % 4
+    opt = torch.optim.SGD([z], lr=0.5)
+    first = loss_fn(z, labels=labels).item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss_fn(z, labels=labels).backward()
+        opt.step()
+    assert loss_fn(z, labels=labels).item() < first

@@ -3,7 +3,8 @@ import torch
 
 from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
 from cl_runner.data.datasets import ImageSet
-from cl_runner.data.pairing import LabelAwareNegatives, PairSampler, TripletSampler
+from cl_runner.data.pairing import (LabelAwareNegatives, MultiViewSampler, PairSampler, RandomNegatives,
+                                   TripletSampler)
 
 
 def toy_set(n: int = 300, classes: int = 5, seed: int = 0) -> ImageSet:
@@ -19,7 +20,7 @@ def test_negatives_never_share_the_anchors_class():
     negatives = LabelAwareNegatives(data.labels)
     g = torch.Generator().manual_seed(1)
     anchors = torch.randint(0, len(data), (50000,), generator=g)
-    drawn = negatives.sample(data.labels[anchors], g)
+    drawn = negatives.sample(anchors, g)
     assert (data.labels[drawn] != data.labels[anchors]).all()
 
 
@@ -28,7 +29,7 @@ def test_negatives_are_uniform_over_the_other_classes_images():
     negatives = LabelAwareNegatives(data.labels)
     anchor_label = data.labels[0]
     draws = 60000
-    drawn = negatives.sample(anchor_label.repeat(draws), torch.Generator().manual_seed(2))
+    drawn = negatives.sample(torch.zeros(draws, dtype=torch.long), torch.Generator().manual_seed(2))
     eligible = (data.labels != anchor_label).nonzero().squeeze(1)
     counts = torch.bincount(drawn, minlength=len(data))
     assert set(drawn.unique().tolist()) == set(eligible.tolist())  # every other-class image can be drawn
@@ -84,3 +85,43 @@ def test_fixed_views_are_drawn_once_and_reused():
     fresh.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
     assert not torch.equal(fresh.positive_views(ids, torch.Generator().manual_seed(1)),
                            fresh.positive_views(ids, torch.Generator().manual_seed(2)))
+
+
+def test_random_negatives_never_pick_the_anchor_and_do_share_classes():
+    data = toy_set(n=50, classes=2)
+    negatives = RandomNegatives(data.labels)
+    g = torch.Generator().manual_seed(5)
+    anchors = torch.randint(0, 50, (20000,), generator=g)
+    drawn = negatives.sample(anchors, g)
+    assert (drawn != anchors).all() and drawn.min() >= 0 and drawn.max() < 50
+    same_class = (data.labels[drawn] == data.labels[anchors]).float().mean().item()
+    assert 0.3 < same_class < 0.7  # the sample bias of unsupervised negatives
+    assert set(negatives.sample(torch.zeros(5000, dtype=torch.long), g).tolist()) == set(range(1, 50))
+
+
+def test_multiview_batch_stacks_k_views_and_passes_labels_only_when_label_aware():
+    data = toy_set()
+    ids = torch.arange(8)
+    sampler = MultiViewSampler(views=3, negatives="label_aware")
+    sampler.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    batch = sampler.batch(ids, torch.Generator().manual_seed(1))
+    assert batch.views == 3 and batch.images.shape == (24, 1, 8, 8) and torch.equal(batch.labels, data.labels[ids])
+    views = batch.images.view(3, 8, 1, 8, 8)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
+    unsupervised = MultiViewSampler(views=2)
+    unsupervised.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    assert unsupervised.batch(ids, torch.Generator().manual_seed(1)).labels is None
+    with pytest.raises(ValueError, match="at least 2"):
+        MultiViewSampler(views=1)
+
+
+def test_augment_anchor_draws_the_anchor_as_a_view_too():
+    data = toy_set()
+    ids = torch.arange(16)
+    sampler = TripletSampler(augment_anchor=True)
+    sampler.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    anchors, positives, _ = sampler.batch(ids, torch.Generator().manual_seed(3)).images.view(3, 16, 1, 8, 8)
+    assert not torch.equal(anchors, normalize(to_unit(data.images[ids])))
+    assert not torch.equal(anchors, positives)  # independent draws
+    with pytest.raises(ValueError, match="negatives"):
+        PairSampler(negatives="hard")

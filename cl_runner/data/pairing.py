@@ -1,8 +1,10 @@
-"""Which images form a training tuple: pairs with a +1/-1 target, or (anchor, positive, negative) triplets.
+"""Which images form a training tuple: pairs with a +1/-1 target, (anchor, positive, negative) triplets, or
+k augmented views of each image with in-batch negatives.
 
-The anchor is the clean image, the positive an augmented view of it, the negative a clean image of another
-class (the study's label-aware negatives, which avoid the sample bias of Chuang et al. 2020). A sampler turns
-a batch of tuple ids into one stacked batch of model inputs, all on the training device.
+In the study the anchor is the clean image, the positive an augmented view of it, the negative a clean image of
+another class (label-aware negatives, which avoid the sample bias of Chuang et al. 2020); `negatives=random`
+draws them without labels (the unsupervised setting) and `augment_anchor` augments the anchor too. A sampler
+turns a batch of tuple ids into one stacked batch of model inputs, all on the training device.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from cl_runner.data.datasets import ImageSet
 @dataclass
 class TupleBatch:
     """The model inputs of one step: `views` groups of the same size stacked along dim 0, so the encoder runs
-    once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per pair (pairs only)."""
+    once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per pair (pairs only); `labels`
+    the class of each tuple where the pairing may use labels (label-aware multi-view batches)."""
 
     images: torch.Tensor
     views: int
     target: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 class LabelAwareNegatives:
@@ -30,38 +34,63 @@ class LabelAwareNegatives:
     step: a uniform index over the N - n_y images outside the anchor's class block of the label-sorted order."""
 
     def __init__(self, labels: torch.Tensor):
+        self.labels = labels
         self.order = torch.argsort(labels, stable=True)
         self.counts = torch.bincount(labels)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         if (self.counts > 0).sum() < 2:
             raise ValueError("label-aware negatives need images of at least two classes")
 
-    def sample(self, anchor_labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Indices [B] of negatives, never of the anchor's class."""
+    def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Indices [B] of negatives for the images `anchors`, never of an anchor's class."""
+        anchor_labels = self.labels[anchors]
         own = self.counts[anchor_labels]
         others = len(self.order) - own
-        u = torch.rand(len(anchor_labels), generator=generator, device=anchor_labels.device)
+        u = torch.rand(len(anchors), generator=generator, device=anchors.device)
         pos = torch.minimum((u * others).long(), others - 1)
         pos = pos + (pos >= self.starts[anchor_labels]).long() * own  # skip the anchor's class block
         return self.order[pos]
 
 
+class RandomNegatives:
+    """Draws, for each anchor, any other image uniformly, labels unseen: the unsupervised setting, where some
+    negatives share the anchor's class (the sample bias of Chuang et al. 2020)."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.size = len(labels)
+        if self.size < 2:
+            raise ValueError("random negatives need at least two images")
+
+    def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Indices [B] of negatives for the images `anchors`, never the anchor itself."""
+        u = torch.rand(len(anchors), generator=generator, device=anchors.device)
+        pos = torch.minimum((u * (self.size - 1)).long(), torch.tensor(self.size - 2, device=anchors.device))
+        return pos + (pos >= anchors).long()  # skip the anchor's own index
+
+
+NEGATIVES = {"label_aware": LabelAwareNegatives, "random": RandomNegatives}
+
+
 class TupleSampler(ABC):
-    """Shared machinery: the training split, its negatives and the positives' augmentation.
+    """Shared machinery: the training split, its negatives and the augmentation of positives (and anchors).
 
     fixed_views: draw each image's positive view once (quantized to uint8, as the study's PIL pipeline
     stored it) and reuse it every epoch, as the study's code did; otherwise a fresh draw every step.
+    negatives: `label_aware` (another class) or `random` (any other image).
+    augment_anchor: the anchor is an augmented view too (its own draw), as in SimCLR and BYOL.
     """
 
     name = ""
     views = 0
 
-    def __init__(self, fixed_views: bool = False):
-        self.fixed_views = fixed_views
+    def __init__(self, fixed_views: bool = False, negatives: str = "label_aware", augment_anchor: bool = False):
+        if negatives not in NEGATIVES:
+            raise ValueError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
+        self.fixed_views, self.negative_kind, self.augment_anchor = fixed_views, negatives, augment_anchor
 
     def setup(self, train: ImageSet, augment, generator: torch.Generator, chunk: int = 4096) -> None:
         self.train, self.augment = train, augment
-        self.negatives = LabelAwareNegatives(train.labels)
+        self.negatives = NEGATIVES[self.negative_kind](train.labels)
         self.stored_views = None
         if self.fixed_views:
             self.stored_views = torch.cat([
@@ -82,8 +111,13 @@ class TupleSampler(ABC):
             return to_unit(self.stored_views[anchors])
         return self.augment(self.train.images[anchors], generator)
 
+    def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The anchors in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
+        images = self.train.images[anchors]
+        return self.augment(images, generator) if self.augment_anchor else to_unit(images)
+
     def negative_images(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return to_unit(self.train.images[self.negatives.sample(self.train.labels[anchors], generator)])
+        return to_unit(self.train.images[self.negatives.sample(anchors, generator)])
 
 
 class TripletSampler(TupleSampler):
@@ -96,7 +130,7 @@ class TripletSampler(TupleSampler):
         return len(self.train)
 
     def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
-        anchors = to_unit(self.train.images[ids])
+        anchors = self.anchor_views(ids, generator)
         stacked = torch.cat([anchors, self.positive_views(ids, generator), self.negative_images(ids, generator)])
         return TupleBatch(normalize(stacked), views=3)
 
@@ -115,9 +149,35 @@ class PairSampler(TupleSampler):
         n = len(self.train)
         anchor_ids = ids % n
         is_positive = ids < n
-        anchors = to_unit(self.train.images[anchor_ids])
+        anchors = self.anchor_views(anchor_ids, generator)
         second = torch.empty_like(anchors)
         second[is_positive] = self.positive_views(anchor_ids[is_positive], generator)
         second[~is_positive] = self.negative_images(anchor_ids[~is_positive], generator)
         target = is_positive.float() * 2 - 1
         return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
+
+
+class MultiViewSampler(TupleSampler):
+    """k augmented views of every image (SimCLR's setting, Chen et al. 2020): the other images of the batch
+    are the negatives. With `negatives=label_aware` the batch carries the labels, so a loss can leave
+    same-class images out of the negatives; with `random` it does not (the unsupervised setting)."""
+
+    name = "multiview"
+
+    def __init__(self, views: int = 2, negatives: str = "random", fixed_views: bool = False,
+                 augment_anchor: bool = True):
+        super().__init__(fixed_views=fixed_views, negatives=negatives, augment_anchor=augment_anchor)
+        if views < 2:
+            raise ValueError(f"pairing.views must be at least 2, got {views}")
+        if fixed_views:
+            raise ValueError("pairing.fixed_views is for pairs and triplets: multi-view needs fresh views")
+        self.views = views
+
+    def tuples_per_epoch(self) -> int:
+        return len(self.train)
+
+    def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
+        first = self.anchor_views(ids, generator)  # a clean first view unless augment_anchor
+        others = [self.positive_views(ids, generator) for _ in range(self.views - 1)]
+        labels = self.train.labels[ids] if self.negative_kind == "label_aware" else None
+        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels)

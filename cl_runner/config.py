@@ -42,6 +42,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("schedule.lr_scaling", lambda v: v in LR_SCALING, f"one of {', '.join(LR_SCALING)}"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.verify", lambda v: isinstance(v, bool), "true or false"),
+    ("eval.features", lambda v: v in ("backbone", "projector"), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
     ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

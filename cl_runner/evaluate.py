@@ -21,12 +21,13 @@ from cl_runner.data.augment import normalize, to_unit
 
 
 @torch.inference_mode()
-def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone",
+          batch_size: int = 1024) -> np.ndarray:
     """Embeddings [N, D] (float32, on the host) of clean uint8 images, the encoder in eval mode (BatchNorm
-    uses its running statistics, nothing is updated)."""
+    uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output."""
     was_training = encoder.training
     encoder.eval()
-    chunks = [encoder(normalize(to_unit(images[i:i + batch_size]))).float().cpu()
+    chunks = [encoder.features(normalize(to_unit(images[i:i + batch_size])), features).float().cpu()
               for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(chunks).numpy()

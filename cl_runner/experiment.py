@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
             raise
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
-        test_x = evaluate.embed(encoder, test.images)
+        test_x = evaluate.embed(encoder, test.images, cfg.eval.features)
         metrics = evaluate_encoder(cfg, encoder, train, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
@@ -133,12 +133,12 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, tes
     `test_x` holds the test set's embeddings."""
     test_y = test.labels.cpu().numpy()
     num_classes = len(test.classes)
-    metrics: dict = {"diagnostics": evaluate.diagnostics(test_x)}
+    metrics: dict = {"features": cfg.eval.features, "diagnostics": evaluate.diagnostics(test_x)}
     if "paper" in cfg.eval.protocols:
         metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=cfg.seed,
                                                    test_fraction=cfg.eval.paper_test_fraction, knn_k=cfg.eval.knn_k)
     if "standard" in cfg.eval.protocols:
-        train_x, train_y = evaluate.embed(encoder, train.images), train.labels.cpu().numpy()
+        train_x, train_y = evaluate.embed(encoder, train.images, cfg.eval.features), train.labels.cpu().numpy()
         metrics["standard"] = evaluate.standard_protocol(
             train_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
             cosine_knn_k=cfg.eval.cosine_knn_k, cosine_knn_temperature=cfg.eval.cosine_knn_temperature)

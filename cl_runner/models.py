@@ -1,6 +1,9 @@
-"""Encoders: image batch [B, C, H, W] -> embedding [B, D]."""
+"""Encoders: image batch [B, C, H, W] -> embedding [B, D]. An `Encoder` is a backbone plus an optional
+projection head; training uses the head's output, evaluation the backbone's features unless told otherwise."""
 from __future__ import annotations
 
+import torch
+import torchvision
 from torch import nn
 
 
@@ -26,3 +29,51 @@ class PamiCNN(nn.Sequential):
             nn.Sigmoid(),
             nn.Flatten(),                          # 32
         )
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) with the CIFAR stem of SimCLR (Chen et al. 2020, B.9): a 3x3 stride-1 first
+    convolution and no max-pool; global average pooling gives 512-d features."""
+
+    embedding_dim = 512
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        net = torchvision.models.resnet18()
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ProjectionHead(nn.Sequential):
+    """MLP projection head (SimCLR, Chen et al. 2020): Linear-BatchNorm-ReLU for each hidden layer, a plain
+    Linear last. `dims` lists the input, hidden and output sizes, e.g. [512, 2048, 128]."""
+
+    def __init__(self, dims: list[int]):
+        if len(dims) < 2:
+            raise ValueError(f"encoder.projector needs at least an output size, got {dims[1:]}")
+        layers: list[nn.Module] = []
+        for cin, cout in zip(dims[:-2], dims[1:-1]):
+            layers += [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1]))
+        super().__init__(*layers)
+
+
+class Encoder(nn.Module):
+    """A backbone and an optional projection head (`projector`: hidden and output sizes, or null)."""
+
+    def __init__(self, backbone: nn.Module, projector: list[int] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = ProjectionHead([backbone.embedding_dim, *projector]) if projector else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+    def features(self, x: torch.Tensor, which: str = "backbone") -> torch.Tensor:
+        """The representation evaluated: the backbone's features, or the projector's output."""
+        return self.backbone(x) if which == "backbone" else self(x)

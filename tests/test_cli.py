@@ -8,7 +8,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cl_runner.models import PamiCNN
+from cl_runner.models import Encoder, PamiCNN
 from conftest import REPO, TINY, run_cli
 
 PROMISED_FILES = ["config.yaml", "overrides.yaml", "metrics.json", "status.json", "confusion_matrix.png",
@@ -68,7 +68,7 @@ def test_tensorboard_reads_the_event_files(digits_run):
 
 
 def test_saved_weights_load_into_the_encoder(digits_run):
-    encoder = PamiCNN(1)
+    encoder = Encoder(PamiCNN(1))
     encoder.load_state_dict(torch.load(digits_run / "encoder.pt", weights_only=True))
 
 

@@ -4,7 +4,7 @@ import torch
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 
 from cl_runner import evaluate
-from cl_runner.models import PamiCNN
+from cl_runner.models import Encoder, PamiCNN
 
 
 def blobs(n_per_class: int = 60, classes: int = 4, dim: int = 8, spread: float = 0.3, seed: int = 0):
@@ -97,7 +97,7 @@ def test_paper_protocol_scores_a_stratified_fifth_and_standard_the_whole_test_se
 
 
 def test_embed_uses_eval_mode_and_leaves_the_encoder_unchanged():
-    encoder = PamiCNN(1)
+    encoder = Encoder(PamiCNN(1), projector=[16, 8])
     encoder.train()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
@@ -105,3 +105,4 @@ def test_embed_uses_eval_mode_and_leaves_the_encoder_unchanged():
     assert first.shape == (10, 32) and encoder.training
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # BN stats untouched
     np.testing.assert_allclose(first[:3], evaluate.embed(encoder, images[:3]), atol=1e-6)  # batch-independent
+    assert evaluate.embed(encoder, images, features="projector").shape == (10, 8)

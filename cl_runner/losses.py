@@ -3,6 +3,8 @@ pass, `target` the +1/-1 pair labels (pairs only) and `labels` the tuples' class
 Each loss names the pairings it can train on."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,3 +112,128 @@ class SupConLoss(nn.Module):
         positives = _same(labels.repeat(views))
         negatives = ~positives & ~torch.eye(len(positives), dtype=torch.bool, device=z.device)
         return multi_positive_contrastive(z, positives, negatives, self.temperature)
+
+
+class ContrastiveLoss(nn.Module):
+    """Margin contrastive loss (Hadsell, Chopra & LeCun 2006, eq. 4) on pairs with Euclidean distance d:
+    d^2 / 2 for similar pairs (target +1), max(0, margin - d)^2 / 2 for dissimilar ones (-1), averaged."""
+
+    pairings = ("pair",)
+
+    def __init__(self, margin: float = 1.0):
+        super().__init__()
+        if margin <= 0:
+            raise ValueError(f"loss.margin must be > 0, got {margin}")
+        self.margin = margin
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        first, second = z
+        distance = F.pairwise_distance(first, second)
+        similar = target > 0
+        per_pair = torch.where(similar, distance.square(), F.relu(self.margin - distance).square()) / 2
+        return per_pair.mean()
+
+
+class DebiasedNTXentLoss(nn.Module):
+    """Debiased contrastive loss (Chuang et al. 2020, eq. 7 with M = 1) on two views: the negatives' term is
+    corrected for the chance tau_plus that a negative shares the anchor's class,
+    g = max((sum_neg exp(s/T) - n tau_plus exp(s_pos/T)) / (1 - tau_plus), n e^(-1/T)), with n = 2N - 2
+    negatives, and the loss is -log(exp(s_pos/T) / (exp(s_pos/T) + g)), averaged over the 2N anchors."""
+
+    pairings = ("multiview",)
+
+    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1):
+        super().__init__()
+        if temperature <= 0 or not 0 <= tau_plus < 1:
+            raise ValueError(f"loss needs temperature > 0 and 0 <= tau_plus < 1, got {temperature}, {tau_plus}")
+        self.temperature, self.tau_plus = temperature, tau_plus
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        if z.shape[0] != 2:
+            raise ValueError("loss=debiased works on two views: set pairing.views=2")
+        tuples = z.shape[1]
+        flat = F.normalize(torch.cat([z[0], z[1]]), dim=1)  # 2N x dim
+        similarity = torch.exp(flat @ flat.T / self.temperature)  # 2N x 2N
+        index = torch.arange(2 * tuples, device=z.device)
+        positive = similarity[index, (index + tuples) % (2 * tuples)]
+        not_negative = torch.eye(2 * tuples, dtype=torch.bool, device=z.device)
+        not_negative[index, (index + tuples) % (2 * tuples)] = True
+        negatives = similarity.masked_fill(not_negative, 0.0).sum(dim=1)
+        n = 2 * tuples - 2
+        g = (negatives - n * self.tau_plus * positive) / (1 - self.tau_plus)
+        g = torch.clamp(g, min=n * math.exp(-1 / self.temperature))
+        return -torch.log(positive / (positive + g)).mean()
+
+
+class NPairLoss(nn.Module):
+    """Multi-class N-pair loss (Sohn 2016, eq. 3 and the l2 term of section 3.2.2): for anchors a_i and positives
+    p_i, log(1 + sum_{j != i} exp(a_i . p_j - a_i . p_i)), i.e. cross-entropy over the similarities
+    a_i . p_j with target i, plus l2_reg times the mean squared norm of the embeddings."""
+
+    pairings = ("multiview",)
+
+    def __init__(self, l2_reg: float = 0.002):
+        super().__init__()
+        if l2_reg < 0:
+            raise ValueError(f"loss.l2_reg must be >= 0, got {l2_reg}")
+        self.l2_reg = l2_reg
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        anchors, positives = z[0], z[1]
+        logits = anchors @ positives.T  # tuples x tuples
+        classes = torch.arange(len(anchors), device=z.device)
+        regularizer = (anchors.square().sum(1) + positives.square().sum(1)).mean() / 2
+        return F.cross_entropy(logits, classes) + self.l2_reg * regularizer
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins (Zbontar et al. 2021, eq. 1): the cross-correlation C of the two views' batch-standardized
+    embeddings, sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2."""
+
+    pairings = ("multiview",)
+
+    def __init__(self, lambda_offdiag: float = 0.005):
+        super().__init__()
+        if lambda_offdiag < 0:
+            raise ValueError(f"loss.lambda_offdiag must be >= 0, got {lambda_offdiag}")
+        self.lambda_offdiag = lambda_offdiag
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = (F.batch_norm(v, None, None, training=True) for v in (z[0], z[1]))  # zero mean, unit std
+        correlation = a.T @ b / len(a)  # dim x dim
+        on_diagonal = (1 - torch.diagonal(correlation)).square().sum()
+        off_diagonal = correlation.square().sum() - torch.diagonal(correlation).square().sum()
+        return on_diagonal + self.lambda_offdiag * off_diagonal
+
+
+class VICRegLoss(nn.Module):
+    """VICReg (Bardes, Ponce & LeCun 2022, eq. 6): invariance (mean squared distance of the views),
+    variance (hinge max(0, 1 - std) per dimension, std with eps 1e-4) and covariance (squared off-diagonal
+    covariances / dim), weighted 25, 25 and 1 by default. As in the authors' code, for which those weights were
+    tuned, the variance term is averaged over the two views and the covariance term summed."""
+
+    pairings = ("multiview",)
+
+    def __init__(self, invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0):
+        super().__init__()
+        if min(invariance, variance, covariance) < 0:
+            raise ValueError("loss weights must be >= 0")
+        self.weights = (invariance, variance, covariance)
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = z[0], z[1]
+        invariance = F.mse_loss(a, b)
+        variance = covariance = 0.0
+        for view in (a, b):
+            centred = view - view.mean(dim=0)
+            std = torch.sqrt(centred.var(dim=0) + 1e-4)
+            variance = variance + F.relu(1 - std).mean() / 2
+            cov = centred.T @ centred / (len(view) - 1)  # dim x dim
+            covariance = covariance + (cov.square().sum() - torch.diagonal(cov).square().sum()) / view.shape[1]
+        w_inv, w_var, w_cov = self.weights
+        return w_inv * invariance + w_var * variance + w_cov * covariance

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from cl_runner.losses import CosineEmbeddingLoss, NTXentLoss, SupConLoss, TripletMarginLoss
+from cl_runner.losses import (BarlowTwinsLoss, ContrastiveLoss, CosineEmbeddingLoss, DebiasedNTXentLoss, NPairLoss,
+                               NTXentLoss, SupConLoss, TripletMarginLoss, VICRegLoss)
 
 
 def test_cosine_embedding_hand_computed():
@@ -50,7 +51,8 @@ def test_losses_name_their_pairings_and_check_hyperparameters():
 def test_losses_are_differentiable_and_decrease_under_sgd():
     g = torch.Generator().manual_seed(1)
     for loss_fn, views, target in [(TripletMarginLoss(), 3, None),
-                                   (CosineEmbeddingLoss(), 2, torch.tensor([1.0, -1.0] * 16))]:
+                                   (CosineEmbeddingLoss(), 2, torch.tensor([1.0, -1.0] * 16)),
+                                   (ContrastiveLoss(), 2, torch.tensor([1.0, -1.0] * 16))]:
         z = torch.randn(views, 32, 8, generator=g, requires_grad=True)
         opt = torch.optim.SGD([z], lr=0.5)
         first = loss_fn(z, target).item()
@@ -138,3 +140,105 @@ def test_in_batch_losses_decrease_under_sgd(loss_fn):
         loss_fn(z, labels=labels).backward()
         opt.step()
     assert loss_fn(z, labels=labels).item() < first
+
+
+def test_contrastive_hand_computed():
+    first = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    second = torch.tensor([[3.0, 0.0], [0.5, 0.0], [2.0, 0.0]])
+    target = torch.tensor([1.0, -1.0, -1.0])
+    # similar at d=3: 9/2; dissimilar at d=0.5, m=1: 0.25/2; dissimilar beyond the margin: 0
+    loss = ContrastiveLoss(margin=1.0)(torch.stack([first, second]), target)
+    assert loss.item() == pytest.approx((4.5 + 0.125 + 0) / 3, rel=1e-4)
+
+
+def debiased_reference(z1, z2, temperature, tau_plus):
+    """Chuang et al. 2020's published pseudocode, anchor by anchor."""
+    out = torch.cat([z1, z2])
+    out = out / out.norm(dim=1, keepdim=True)
+    n_pairs = len(z1)
+    total = 0.0
+    for i in range(2 * n_pairs):
+        j = (i + n_pairs) % (2 * n_pairs)
+        pos = torch.exp(out[i] @ out[j] / temperature)
+        neg = sum(torch.exp(out[i] @ out[k] / temperature) for k in range(2 * n_pairs) if k not in (i, j))
+        n = 2 * n_pairs - 2
+        ng = max((-tau_plus * n * pos + neg) / (1 - tau_plus), torch.tensor(n * math.exp(-1 / temperature)))
+        total += -torch.log(pos / (pos + ng))
+    return total / (2 * n_pairs)
+
+
+def test_debiased_equals_its_pseudocode_and_is_ntxent_at_tau_plus_zero():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 6, 4, generator=g)
+    for tau_plus in (0.1, 0.3):
+        assert DebiasedNTXentLoss(0.5, tau_plus)(z).item() == pytest.approx(
+            debiased_reference(z[0], z[1], 0.5, tau_plus).item(), rel=1e-5)
+    assert DebiasedNTXentLoss(0.5, 0.0)(z).item() == pytest.approx(NTXentLoss(0.5)(z).item(), rel=1e-6)
+    assert DebiasedNTXentLoss(0.5, 0.1)(z).item() == pytest.approx(DebiasedNTXentLoss(0.5, 0.1)(z.flip(0)).item())
+
+
+def test_npair_hand_computed():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # anchor 0: a.p0 = 2, a.p1 = 0 -> log(1 + e^-2); anchor 1: a.p1 = 1, a.p0 = 0 -> log(1 + e^-1)
+    expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    regularizer = (1 + 1 + 4 + 1) / 2 / 2
+    loss = NPairLoss(l2_reg=0.1)(torch.stack([anchors, positives]))
+    assert loss.item() == pytest.approx(expected + 0.1 * regularizer, rel=1e-6)
+
+
+def barlow_reference(z1, z2, lam):
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    n, d = a.shape
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(a[k, i] * b[k, j] for k in range(n)) / n
+            total += (1 - c) ** 2 if i == j else lam * c ** 2
+    return total
+
+
+def test_barlow_twins_equals_its_formula_is_symmetric_and_zero_for_identical_decorrelated_views():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2, 16, 3, generator=g)
+    loss = BarlowTwinsLoss(0.005)
+    assert loss(z).item() == pytest.approx(barlow_reference(z[0], z[1], 0.005).item(), rel=1e-4)
+    assert loss(z).item() == pytest.approx(loss(z.flip(0)).item(), rel=1e-5)
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # uncorrelated columns
+    assert loss(torch.stack([signs, signs])).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def vicreg_reference(z1, z2, weights):
+    invariance = ((z1 - z2) ** 2).mean()
+    variance = covariance = 0.0
+    for z in (z1, z2):
+        n, d = z.shape
+        std = torch.sqrt(z.var(0) + 1e-4)
+        variance += torch.clamp(1 - std, min=0).mean() / 2
+        centred = z - z.mean(0)
+        cov = centred.T @ centred / (n - 1)
+        covariance += sum(cov[i, j] ** 2 for i in range(d) for j in range(d) if i != j) / d
+    return weights[0] * invariance + weights[1] * variance + weights[2] * covariance
+
+
+def test_vicreg_equals_its_formula_and_is_symmetric():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 12, 4, generator=g) * 0.5
+    loss = VICRegLoss(25.0, 25.0, 1.0)
+    assert loss(z).item() == pytest.approx(vicreg_reference(z[0], z[1], (25.0, 25.0, 1.0)).item(), rel=1e-5)
+    assert loss(z).item() == pytest.approx(loss(z.flip(0)).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [DebiasedNTXentLoss(), NPairLoss(), BarlowTwinsLoss(), VICRegLoss()],
+                         ids=["debiased", "npair", "barlow_twins", "vicreg"])
+def test_two_view_losses_decrease_under_sgd(loss_fn):
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(2, 32, 8, generator=g, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=0.05)
+    first = loss_fn(z).item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss_fn(z).backward()
+        opt.step()
+    assert loss_fn(z).item() < first

@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split, cfg.dataset.verify)
                    for split in ("train", "test"))
     train = train.head(cfg.dataset.train_subset).to(device)
-    test = test.to(device)
+    test = test.head(cfg.dataset.test_subset).to(device)
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
     if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):

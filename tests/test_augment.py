@@ -194,3 +194,12 @@ def test_hue_of_gray_pixels_is_left_alone_and_a_half_turn_maps_red_to_cyan():
     assert torch.equal(A.adjust_hue(gray, torch.tensor([0.3])), gray)
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert torch.allclose(A.adjust_hue(red, torch.tensor([0.5])).flatten(), torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_color_strength_scales_every_jitter_amount():
+    half = A.SimCLRAugment(color_strength=0.5)
+    assert (half.brightness, half.contrast, half.saturation, half.hue) == pytest.approx((0.4, 0.4, 0.4, 0.1))
+    _, factors, _ = half.jitter_params(2000, seeded(0), torch.device("cpu"))
+    assert factors[:, :3].min() >= 0.6 and factors[:, :3].max() <= 1.4 and factors[:, 3].abs().max() <= 0.1
+    with pytest.raises(ValueError, match="hue"):
+        A.SimCLRAugment(color_strength=3.0)  # hue 0.6 > 0.5

@@ -7,11 +7,12 @@ import pytest
 from conftest import REPO, run_cli
 
 CONF = REPO / "conf"
-SMOKE = ["epochs=1", "batch_size=32", "dataset.train_subset=96", "eval.tsne_points=40", "log_every=1",
-         "eval.cosine_knn_k=20"]
+SMOKE = ["epochs=1", "batch_size=32", "dataset.train_subset=96", "dataset.test_subset=200", "eval.tsne_points=40",
+         "log_every=1", "eval.cosine_knn_k=20"]
 # The pairing group is swept through the losses: each loss selects its own pairing, and a loss on a pairing it
 # cannot use is refused (tested in test_cli.py). The coverage check below still demands every pairing option.
-SWEPT_GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "pairing"))
+# An experiment is a sweep of its own: each runs in a multirun of its own (below).
+SWEPT_GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "pairing", "experiment"))
 
 
 def options(group: str) -> list[str]:
@@ -27,10 +28,21 @@ def test_every_option_of_the_group_runs(group, tmp_path, data_root):
     result = run_cli(["-m", f"{group}={','.join(options(group))}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ran = scenarios(tmp_path / "sweep")
-    if group == "experiment":  # an experiment is itself a sweep: paper_grid holds 12 scenarios
-        assert len(ran) == 12 and all(s["experiment"] == "paper_grid" for s in ran)
-    else:
-        assert sorted(s[group] for s in ran) == options(group)
+    assert sorted(s[group] for s in ran) == options(group)
     assert (tmp_path / "sweep" / "results.md").exists()
     if group == "loss":
         assert {s["pairing"] for s in ran} == set(options("pairing"))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_runs(experiment, tmp_path, data_root):
+    result = run_cli(["-m", f"experiment={experiment}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = scenarios(tmp_path / "sweep")
+    assert ran and all(s["experiment"] == experiment for s in ran)
+    if experiment == "paper_grid":  # the study's 12 scenarios
+        assert {(s["dataset"], s["aug"], s["loss"]) for s in ran} == {
+            (d, a, loss) for d in ("mnist", "cifar10") for a in ("none", "guo", "simclr")
+            for loss in ("cosine_embedding", "triplet")}
+    if experiment == "methods_grid":  # every loss, found by glob
+        assert sorted(s["loss"] for s in ran) == options("loss")

@@ -82,15 +82,17 @@ class PadRotateScale:
 class SimCLRAugment:
     """SimCLR's augmentation (Chen et al. 2020, appendix A), composed as torchvision does: RandomResizedCrop,
     RandomHorizontalFlip, RandomApply(ColorJitter), RandomGrayscale, GaussianBlur. On one-channel images the
-    colour steps reduce to brightness and contrast, as in torchvision."""
+    colour steps reduce to brightness and contrast, as in torchvision. `color_strength` is SimCLR's s: it scales
+    all four jitter amounts (0.8 s, 0.8 s, 0.8 s, 0.2 s); crop_scale[0] is the minimum crop area."""
 
     def __init__(self, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
-                 brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, grayscale_p=0.2, blur_kernel=3,
-                 blur_sigma=(0.1, 2.0)):
+                 brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, color_strength=1.0, grayscale_p=0.2,
+                 blur_kernel=3, blur_sigma=(0.1, 2.0)):
         if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not (0 < crop_ratio[0] <= crop_ratio[1]):
             raise ValueError("aug: need 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]")
+        brightness, contrast, saturation, hue = (v * color_strength for v in (brightness, contrast, saturation, hue))
         if not 0 <= hue <= 0.5 or blur_kernel % 2 != 1:
-            raise ValueError("aug: hue must lie in [0, 0.5] and blur_kernel must be odd")
+            raise ValueError("aug: hue x color_strength must lie in [0, 0.5] and blur_kernel must be odd")
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue

@@ -4,6 +4,7 @@ Each loss names the pairings it can train on."""
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -66,52 +67,60 @@ def _same(ids: torch.Tensor) -> torch.Tensor:
     return same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
 
 
-class NTXentLoss(nn.Module):
+class _InBatchContrastive(nn.Module, ABC):
+    """Shared by NT-Xent and SupCon: multi_positive_contrastive over the masks a subclass defines."""
+
+    pairings = ("multiview",)
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    @abstractmethod
+    def masks(self, views: int, tuples: int, labels: torch.Tensor | None,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean [N, N] positives and negatives for N = views x tuples embeddings."""
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        positives, negatives = self.masks(z.shape[0], z.shape[1], labels, z.device)
+        return multi_positive_contrastive(z, positives, negatives, self.temperature)
+
+
+class NTXentLoss(_InBatchContrastive):
     """NT-Xent, the normalized temperature-scaled cross entropy of SimCLR (Chen et al. 2020, eq. 1): each view's
     positives are the other views of its image, every other embedding of the batch a negative. With class
     labels (negatives=label_aware), same-class images are left out of the negatives (false-negative
     elimination, Huynh et al. 2022)."""
 
-    pairings = ("multiview",)
-
     def __init__(self, temperature: float = 0.5):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        super().__init__(temperature)
 
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        views, tuples = z.shape[:2]
-        instance = torch.arange(tuples, device=z.device).repeat(views)
+    def masks(self, views, tuples, labels, device):
+        instance = torch.arange(tuples, device=device).repeat(views)
         positives = _same(instance)
-        negatives = ~positives & ~torch.eye(len(instance), dtype=torch.bool, device=z.device)
+        negatives = ~positives & ~torch.eye(len(instance), dtype=torch.bool, device=device)
         if labels is not None:
             negatives &= ~_same(labels.repeat(views))
-        return multi_positive_contrastive(z, positives, negatives, self.temperature)
+        return positives, negatives
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(_InBatchContrastive):
     """Supervised contrastive loss (Khosla et al. 2020, eq. 2, L_out): every embedding of the same class is a
     positive, every other a negative. Needs the labels: pairing=multiview with negatives=label_aware."""
 
-    pairings = ("multiview",)
     needs_labels = True
 
     def __init__(self, temperature: float = 0.1):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        super().__init__(temperature)
 
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+    def masks(self, views, tuples, labels, device):
         if labels is None:
             raise ValueError("loss=supcon needs class labels: set pairing.negatives=label_aware")
-        views = z.shape[0]
         positives = _same(labels.repeat(views))
-        negatives = ~positives & ~torch.eye(len(positives), dtype=torch.bool, device=z.device)
-        return multi_positive_contrastive(z, positives, negatives, self.temperature)
+        return positives, ~positives & ~torch.eye(len(positives), dtype=torch.bool, device=device)
 
 
 class ContrastiveLoss(nn.Module):

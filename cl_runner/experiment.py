@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import evaluate, export, run_folder
 from cl_runner.checkpoint import Checkpointer
-from cl_runner.data.datasets import load_split
+from cl_runner.data.datasets import ImageSet, load_split
+from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.optim import parameter_groups
-from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain
+from cl_runner.train import Interrupted, SignalStop, TrainState, TrainStats, make_grad_scaler, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Training:
+    """Everything pretraining acts on, built from the config."""
+
+    encoder: torch.nn.Module
+    loss_fn: torch.nn.Module
+    sampler: TupleSampler
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    checkpointer: Checkpointer
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
     `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
@@ -44,60 +61,24 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         choices = run_folder.take_over(run_dir)
     else:
         run_folder.claim(run_dir, choices, cfg, overrides)
-    timing: dict[str, float] = {}
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     log.info("run folder %s, device %s, scenario %s", run_dir, device, choices)
-
-    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split, cfg.dataset.verify)
-                   for split in ("train", "test"))
-    train = train.head(cfg.dataset.train_subset).to(device)
-    test = test.head(cfg.dataset.test_subset).to(device)
-    if cfg.batch_size > len(train):
-        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
-    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):
-        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(test)} test images")
-    timing["data_s"] = time.perf_counter() - started
-    log.info("data: %d train, %d test images of shape %s", len(train), len(test), tuple(train.images.shape[1:]))
-
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    encoder = instantiate(cfg.encoder).to(device)
-    loss_fn = instantiate(cfg.loss)
-    sampler = instantiate(cfg.pairing)
-    sampler.setup(train, instantiate(cfg.aug), generator)
-    try:  # the optimizer and schedule are partials: their own checks of the config run here
-        optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
-        schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
-                                             cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
-    except ValueError as err:
-        raise UserError(f"optimizer or schedule: {err}") from err
-    log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
-             cfg.optimizer.lr, cfg.schedule.lr_scaling)
-    scaler = make_grad_scaler(device, cfg.precision)
-    checkpointer = Checkpointer(run_dir, encoder, optimizer, scaler, generator, schedule)
-    state = checkpointer.restore() if cfg.resume else TrainState()
+    train, test = load_data(cfg, device, overrides)
+    timing = {"data_s": time.perf_counter() - started}
+    parts = build_training(cfg, train, device, run_dir)
+    state = parts.checkpointer.restore() if cfg.resume else TrainState()
     if cfg.resume:
-        log.info("resuming from %s at epoch %d, step %d", checkpointer.path, state.epoch, state.stats.steps)
+        log.info("resuming from %s at epoch %d, step %d", parts.checkpointer.path, state.epoch, state.stats.steps)
 
     # on resume, TensorBoard drops the events logged after the checkpoint
     with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
-        try:
-            with SignalStop() as stop_signal:
-                trained = torch.compile(encoder) if cfg.compile else encoder  # shares the encoder's parameters
-                stats = pretrain(trained, loss_fn, sampler, optimizer, scaler, state, schedule=schedule,
-                                 epochs=cfg.epochs,
-                                 batch_size=cfg.batch_size, device=device, precision=cfg.precision,
-                                 generator=generator, writer=writer, log_every=cfg.log_every,
-                                 channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,
-                                 checkpointer=checkpointer, stop_signal=stop_signal)
-        except Interrupted as stop:
-            run_folder.record_interruption(run_dir, stop.signum)
-            raise
+        stats = pretrain_in(cfg, parts, state, device, writer, run_dir)
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
-        test_x = evaluate.embed(encoder, test.images, cfg.eval.features)
-        metrics = evaluate_encoder(cfg, encoder, train, test, test_x)
+        test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
+        metrics = evaluate_encoder(cfg, parts.encoder, train, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         for protocol in cfg.eval.protocols:
@@ -110,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     export.save_confusion_png(run_dir / "confusion_matrix.png", metrics[first]["confusion_matrix"], test.classes,
                               f"{scenario_title(choices)}: linear probe, {first} protocol, "
                               f"top-1 {metrics[first]['linear_top1']:.3f}")
-    export.save_weights(encoder, run_dir / "encoder.pt")
+    export.save_weights(parts.encoder, run_dir / "encoder.pt")
     timing["export_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
     metrics.update(
@@ -126,6 +107,55 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     run_folder.record_completion(run_dir)
     log.info("done in %.1f s: %s", timing["total_s"], summary_line(metrics))
     return metrics
+
+
+def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tuple[ImageSet, ImageSet]:
+    """Both splits, read once onto the training device; sizes the config depends on are checked here."""
+    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split, cfg.dataset.verify)
+                   for split in ("train", "test"))
+    train = train.head(cfg.dataset.train_subset).to(device)
+    test = test.head(cfg.dataset.test_subset).to(device)
+    if cfg.batch_size > len(train):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
+    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):
+        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(test)} test images")
+    log.info("data: %d train, %d test images of shape %s", len(train), len(test), tuple(train.images.shape[1:]))
+    return train, test
+
+
+def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, run_dir: Path) -> Training:
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    encoder = instantiate(cfg.encoder).to(device)
+    sampler = instantiate(cfg.pairing)
+    sampler.setup(train, instantiate(cfg.aug), generator)
+    try:  # the optimizer and schedule are partials: their own checks of the config run here
+        optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
+        schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
+                                             cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
+    except ValueError as err:
+        raise UserError(f"optimizer or schedule: {err}") from err
+    log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
+             cfg.optimizer.lr, cfg.schedule.lr_scaling)
+    scaler = make_grad_scaler(device, cfg.precision)
+    return Training(encoder, instantiate(cfg.loss), sampler, optimizer, schedule, scaler, generator,
+                    Checkpointer(run_dir, encoder, optimizer, scaler, generator, schedule))
+
+
+def pretrain_in(cfg: DictConfig, parts: Training, state: TrainState, device: torch.device, writer: SummaryWriter,
+                run_dir: Path) -> TrainStats:
+    """Pretraining with signals caught: a SIGINT/SIGTERM ends it with a checkpoint, recorded in status.json."""
+    trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares the encoder's parameters
+    try:
+        with SignalStop() as stop_signal:
+            return pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
+                            schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
+                            precision=cfg.precision, generator=parts.generator, writer=writer,
+                            log_every=cfg.log_every, channels_last=cfg.channels_last,
+                            checkpoint_every=cfg.checkpoint_every, checkpointer=parts.checkpointer,
+                            stop_signal=stop_signal)
+    except Interrupted as stop:
+        run_folder.record_interruption(run_dir, stop.signum)
+        raise
 
 
 def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, test_x: np.ndarray) -> dict:
@@ -175,6 +205,12 @@ def summary_line(metrics: dict) -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count (from /proc/cpuinfo where there is one)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else platform.machine()}, {os.cpu_count()} cores"

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 
@@ -34,7 +33,7 @@ from torchvision import transforms
 from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleBatch
-from cl_runner.experiment import resolve_device
+from cl_runner.experiment import device_name, resolve_device
 from cl_runner.train import TrainState, make_grad_scaler, pretrain, train_step
 
 
@@ -214,10 +213,6 @@ class _Limited:
 
     def batch(self, ids, generator):
         return self.sampler.batch(ids, generator)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 def print_table(figures: dict, setting: dict) -> None:

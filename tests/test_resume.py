@@ -98,7 +98,7 @@ class NaNAtStep(nn.Module):
         super().__init__()
         self.calls, self.step = 0, step
 
-    def forward(self, z, target=None):
+    def forward(self, z, target=None, labels=None):
         self.calls += 1
         loss = nn.functional.triplet_margin_loss(*z)
         return loss * float("nan") if self.calls >= self.step else loss

@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the study pipeline")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (b) and (c)")
     parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "data"))
     args = parser.parse_args()
 
@@ -136,20 +138,21 @@ def main() -> None:
         parser.error(f"--steps and --warmup need {needed} training images; {args.dataset} has {len(train)}")
     train = train.head(needed)
     precision = "bf16" if device.type == "cuda" else "fp32"
-    memory_format = torch.channels_last
+    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     views = 3 if pairing == "triplet" else 2
 
-    def fresh_model():
+    def fresh_model(compiled: bool = False):
         encoder = instantiate(cfg.encoder).to(device, memory_format=memory_format)
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
-        return encoder, instantiate(cfg.loss), optimizer, make_grad_scaler(device, precision)
+        model = torch.compile(encoder) if compiled else encoder
+        return model, instantiate(cfg.loss), optimizer, make_grad_scaler(device, precision)
 
     def model_step(parts):
         def step(batch):
             train_step(*parts, batch, device=device, precision=precision, memory_format=memory_format)
         return step
 
-    # (a) the study's pipeline
+    # (a) the study's pipeline (never compiled: the baseline as the study ran it)
     loader = DataLoader(StudyTuples(train, args.aug, pairing), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
                         pin_memory=device.type == "cuda")
@@ -160,11 +163,12 @@ def main() -> None:
     side, channels = train.images.shape[-1], train.images.shape[1]
     ready = TupleBatch(torch.randn(views * args.batch_size, channels, side, side, device=device), views=views,
                        target=torch.ones(args.batch_size, device=device) if views == 2 else None)
-    floor_seconds = time_steps(iter(lambda: ready, None), model_step(fresh_model()), args.steps, args.warmup,
-                               device)
+    floor_seconds = time_steps(iter(lambda: ready, None), model_step(fresh_model(args.compile)), args.steps,
+                               args.warmup, device)
 
     # (c) cl-runner's training loop, as `cl-run` runs it (one epoch over exactly warmup + steps batches)
-    runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(), args, device, precision)
+    runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(args.compile), args, device, precision,
+                                    memory_format == torch.channels_last)
 
     steps = args.steps
     figures = {"study_tuples_per_s": steps * args.batch_size / study_seconds,
@@ -176,13 +180,15 @@ def main() -> None:
     figures["c_over_b"] = figures["cl_runner_tuples_per_s"] / figures["floor_tuples_per_s"]
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
-               "workers": args.workers, "device": str(device), "device_name": device_name(device),
+               "workers": args.workers, "memory_format": args.memory_format, "compile": args.compile,
+               "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     print_table(figures, setting)
     print(json.dumps({**setting, **figures}))
 
 
-def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str) -> float:
+def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str,
+                   channels_last: bool) -> float:
     """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run."""
     encoder, loss_fn, optimizer, scaler = parts
     sampler = instantiate(cfg.pairing)
@@ -193,7 +199,7 @@ def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, prec
             start = time.perf_counter()
             pretrain(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler, TrainState(),
                      epochs=1, batch_size=args.batch_size, device=device, precision=precision,
-                     generator=generator, writer=writer, checkpoint_every=0)
+                     generator=generator, writer=writer, channels_last=channels_last, checkpoint_every=0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start

@@ -19,8 +19,9 @@ from cl_runner.data.datasets import load_split
 from cl_runner.experiment import resolve_device
 
 
-def kornia_pipeline(aug: str, side: int):
-    """The same recipe from kornia.augmentation (per-sample parameters, batched)."""
+def kornia_pipeline(aug: str, side: int, channels: int):
+    """The same recipe from kornia.augmentation (per-sample parameters, batched); on one-channel images without
+    saturation and hue, which kornia refuses there and torchvision skips."""
     import kornia.augmentation as K
 
     if aug == "guo":  # rotate U(-15, 15) and zoom out by 1/1.125, zeros outside
@@ -28,7 +29,7 @@ def kornia_pipeline(aug: str, side: int):
     return K.AugmentationSequential(
         K.RandomResizedCrop((side, side), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
         K.RandomHorizontalFlip(p=0.5),
-        K.ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8),
+        K.ColorJitter(0.8, 0.8, 0.8 if channels == 3 else 0.0, 0.2 if channels == 3 else 0.0, p=0.8),
         K.RandomGrayscale(p=0.2),
         K.RandomGaussianBlur((3, 3), (0.1, 2.0), p=1.0),
     )
@@ -59,7 +60,7 @@ def main() -> None:
     device = resolve_device(args.device)
     images = load_split(args.dataset, args.data_root, "train").images[:args.batch_size].to(device)
     ours = SimCLRAugment() if args.aug == "simclr" else PadRotateScale()
-    theirs = kornia_pipeline(args.aug, images.shape[-1]).to(device)
+    theirs = kornia_pipeline(args.aug, images.shape[-1], images.shape[1]).to(device)
     generator = torch.Generator(device).manual_seed(0)
     own_s = timed(lambda: ours(images, generator), args.repeats, device)
     kornia_s = timed(lambda: theirs(to_unit(images)), args.repeats, device)

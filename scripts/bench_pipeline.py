@@ -2,7 +2,8 @@
 
 (a) study: the study's pipeline, per-image torchvision/PIL transforms in a DataLoader with worker processes and
     label-aware negatives, feeding the model step;
-(b) floor: the model step alone on ready tensors, in the device's best memory format;
+(b) floor: the model step alone on ready tensors (the same data, prepared before timing), in the device's best
+    memory format;
 (c) cl-runner: the real training loop (sampling, batched augmentation on the device, forward, backward, step).
 
 Prints a table and one JSON line with the three figures and the ratios c/a and c/b. Compare ratios, not absolute
@@ -159,12 +160,9 @@ def main() -> None:
     study_seconds = time_steps(study_batches(loader, pairing, device), model_step(fresh_model()), args.steps,
                                args.warmup, device)
 
-    # (b) the floor: the model step on ready tensors
-    side, channels = train.images.shape[-1], train.images.shape[1]
-    ready = TupleBatch(torch.randn(views * args.batch_size, channels, side, side, device=device), views=views,
-                       target=torch.ones(args.batch_size, device=device) if views == 2 else None)
-    floor_seconds = time_steps(iter(lambda: ready, None), model_step(fresh_model(args.compile)), args.steps,
-                               args.warmup, device)
+    # (b) the floor: the model step on ready tensors (the same data, tuples prepared before timing)
+    ready = prepared_batches(cfg, train.to(device), args, device)
+    floor_seconds = time_steps(iter(ready), model_step(fresh_model(args.compile)), args.steps, args.warmup, device)
 
     # (c) cl-runner's training loop, as `cl-run` runs it (one epoch over exactly warmup + steps batches)
     runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(args.compile), args, device, precision,
@@ -185,6 +183,16 @@ def main() -> None:
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     print_table(figures, setting)
     print(json.dumps({**setting, **figures}))
+
+
+def prepared_batches(cfg, train: ImageSet, args, device: torch.device) -> list[TupleBatch]:
+    """warmup + steps batches from cl-runner's sampler, built before any timing starts."""
+    sampler = instantiate(cfg.pairing)
+    generator = torch.Generator(device).manual_seed(1)
+    sampler.setup(train, instantiate(cfg.aug), generator)
+    order = torch.randperm(sampler.tuples_per_epoch(), generator=generator, device=device)
+    return [sampler.batch(order[i * args.batch_size:(i + 1) * args.batch_size], generator)
+            for i in range(args.warmup + args.steps)]
 
 
 def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str,

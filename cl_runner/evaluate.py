@@ -26,7 +26,7 @@ def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone",
     """Embeddings [N, D] (float32, on the host) of clean uint8 images, the encoder in eval mode (BatchNorm
     uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output."""
     was_training = encoder.training
-    encoder.eval()
+    encoder.train(False)  # eval mode: BatchNorm uses its running statistics
     chunks = [encoder.features(normalize(to_unit(images[i:i + batch_size])), features).float().cpu()
               for i in range(0, len(images), batch_size)]
     encoder.train(was_training)

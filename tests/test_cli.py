@@ -108,7 +108,8 @@ def test_two_job_multirun_writes_the_table_and_the_tsne_grid(tmp_path):
 
 
 def test_cl_report_rebuilds_the_table_of_a_sweep_folder(tmp_path):
-    assert run_cli(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path).returncode == 0
+    sweep = run_cli(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path)
+    assert sweep.returncode == 0
     (tmp_path / "s" / "results.md").unlink()
     result = run_cli([str(tmp_path / "s")], tmp_path, module="cl_runner.report")
     assert result.returncode == 0 and result.stdout.count("| completed |") == 2

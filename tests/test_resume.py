@@ -118,7 +118,8 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
         pretrain(encoder, NaNAtStep(6), sampler, optimizer, scaler, state, epochs=3, batch_size=64,
                  device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
                  checkpointer=checkpointer)  # 4 steps an epoch: the NaN comes in epoch 2
-    assert "loss became NaN or infinite by step 6" in str(stop.value) and str(tmp_path / "checkpoint.pt") in str(stop.value)
+    message = str(stop.value)
+    assert "loss became NaN or infinite by step 6" in message and str(tmp_path / "checkpoint.pt") in message
     assert state.stats.steps == 5  # the NaN step was not applied
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["position"]["epoch"] == 1 and saved["stats"]["steps"] == 4

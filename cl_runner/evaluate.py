@@ -81,14 +81,29 @@ def weighted_cosine_knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_
 
 def diagnostics(x: np.ndarray) -> dict:
     """Collapse indicators: RankMe (Garrido et al. 2023), the effective rank exp(entropy) of the normalized
-    singular values, and the mean per-dimension std of l2-normalized embeddings (Chen & He 2021; about
-    1/sqrt(D) when spread out, 0 when collapsed)."""
+    singular values; the mean per-dimension std of l2-normalized embeddings (Chen & He 2021; about 1/sqrt(D)
+    when spread out, 0 when collapsed); and uniformity (Wang & Isola 2020)."""
     t = torch.from_numpy(x).double()
     singular = torch.linalg.svdvals(t)
     p = singular / singular.sum() + 1e-12
     rankme = float(torch.exp(-(p * torch.log(p)).sum()))
     std = float(F.normalize(t, dim=1).std(dim=0).mean())
-    return {"rankme": rankme, "normalized_std": std, "embedding_dim": int(x.shape[1])}
+    return {"rankme": rankme, "normalized_std": std, "uniformity": uniformity(x), "embedding_dim": int(x.shape[1])}
+
+
+def uniformity(x: np.ndarray, t: float = 2.0) -> float:
+    """log E exp(-t ||u - v||^2) over all pairs of l2-normalized embeddings (Wang & Isola 2020, eq. 4; lower is
+    more uniform on the sphere, 0 when collapsed to one point)."""
+    u = F.normalize(torch.from_numpy(x).double(), dim=1)
+    return float(torch.pdist(u).square().mul(-t).exp().mean().log())
+
+
+def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
+    """E ||f(x) - f(x+)||^alpha over positive pairs of l2-normalized embeddings (Wang & Isola 2020, eq. 3;
+    lower means augmented views land closer to their image)."""
+    u = F.normalize(torch.from_numpy(x).double(), dim=1)
+    v = F.normalize(torch.from_numpy(y).double(), dim=1)
+    return float((u - v).norm(dim=1).pow(alpha).mean())
 
 
 def paper_protocol(test_x: np.ndarray, test_y: np.ndarray, num_classes: int, *, seed: int,

@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
         metrics = evaluate_encoder(cfg, parts.encoder, train, test, test_x)
+        metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         for protocol in cfg.eval.protocols:
@@ -173,6 +174,15 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, tes
             train_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
             cosine_knn_k=cfg.eval.cosine_knn_k, cosine_knn_temperature=cfg.eval.cosine_knn_temperature)
     return metrics
+
+
+def view_alignment(cfg: DictConfig, parts: Training, test: ImageSet, test_x: np.ndarray, points: int = 2000) -> float:
+    """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
+    augmentation (seeded, so it is the same for every run of that augmentation)."""
+    images = test.images[:points]
+    generator = torch.Generator(images.device).manual_seed(cfg.seed)
+    views = parts.sampler.augment(images, generator).mul(255).round_().to(torch.uint8)
+    return evaluate.alignment(test_x[:points], evaluate.embed(parts.encoder, views, cfg.eval.features))
 
 
 def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choices: dict, writer) -> float:

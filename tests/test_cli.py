@@ -48,6 +48,8 @@ def test_metrics_are_nested_by_protocol(digits_run):
     assert metrics["paper"]["scored_images"] == 72 and metrics["standard"]["scored_images"] == 360
     assert metrics["train"]["tuples_per_s"] > 0 and metrics["train"]["steps"] == 45  # ceil(2 * 1437 / 64)
     assert set(metrics["timing"]) >= {"data_s", "train_s", "eval_s", "tsne_s", "export_s", "total_s"}
+    assert set(metrics["diagnostics"]) >= {"rankme", "normalized_std", "uniformity", "alignment"}
+    assert metrics["diagnostics"]["alignment"] >= 0 and metrics["diagnostics"]["uniformity"] <= 0
     assert metrics["scenario"] == {"dataset": "digits", "aug": "simclr", "pairing": "pair",
                                    "loss": "cosine_embedding", "encoder": "pami_cnn", "optimizer": "sgd",
                                    "schedule": "constant"}

@@ -106,3 +106,15 @@ def test_embed_uses_eval_mode_and_leaves_the_encoder_unchanged():
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # BN stats untouched
     np.testing.assert_allclose(first[:3], evaluate.embed(encoder, images[:3]), atol=1e-6)  # batch-independent
     assert evaluate.embed(encoder, images, features="projector").shape == (10, 8)
+
+
+def test_alignment_and_uniformity_on_hand_cases():
+    x = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    assert evaluate.alignment(x, x) == 0.0
+    assert evaluate.alignment(x, -x) == pytest.approx(4.0)  # antipodal unit vectors: distance 2, squared 4
+    # two points at distance sqrt(2) on the circle: log exp(-2 * 2) = -4
+    assert evaluate.uniformity(x) == pytest.approx(-4.0)
+    collapsed = np.ones((10, 3), dtype=np.float32)
+    assert evaluate.uniformity(collapsed) == pytest.approx(0.0)
+    spread = np.random.default_rng(0).normal(size=(500, 16))
+    assert evaluate.diagnostics(spread)["uniformity"] < -3.5  # far from collapsed

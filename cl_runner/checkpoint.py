@@ -16,13 +16,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class Checkpointer:
-    """Saves and restores model, optimizer, learning-rate schedule, grad scaler, every RNG (python, numpy,
+    """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate schedule, grad scaler, every RNG (python, numpy,
     torch, CUDA, the sampling generator) and the position in training, as one file replaced atomically."""
 
-    def __init__(self, run_dir: Path, encoder: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, generator: torch.Generator, schedule=None):
         self.path = run_dir / CHECKPOINT_FILE
-        self.encoder, self.optimizer, self.scaler, self.generator = encoder, optimizer, scaler, generator
+        self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
+        self.scaler, self.generator = scaler, generator
         self.schedule = schedule
 
     def describe(self) -> str:
@@ -31,6 +32,7 @@ class Checkpointer:
     def save(self, state: TrainState) -> str:
         payload = {
             "encoder": self.encoder.state_dict(),
+            "loss": self.loss_fn.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
@@ -51,6 +53,7 @@ class Checkpointer:
         """Load the checkpoint into the bound objects; returns the position to continue from."""
         payload = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
         self.encoder.load_state_dict(payload["encoder"])
+        self.loss_fn.load_state_dict(payload["loss"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         if self.schedule is not None:

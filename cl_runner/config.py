@@ -73,5 +73,9 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     if provided not in accepted:
         raise UserError(f"loss={loss_name} cannot train on pairing={pairing_name}: it needs pairing="
                         f"{' or '.join(accepted)} (leave pairing out and the loss picks its own)")
-    if getattr(get_class(cfg.loss._target_), "needs_labels", False) and cfg.pairing.negatives != "label_aware":
+    loss_class = get_class(cfg.loss._target_)
+    if loss_class.needs_labels and cfg.pairing.negatives != "label_aware":
         raise UserError(f"loss={loss_name} uses the class labels: it needs pairing.negatives=label_aware")
+    if loss_class.two_views and cfg.pairing.views != 2:
+        raise UserError(f"loss={loss_name} compares two views of each image: it needs pairing.views=2, "
+                        f"not {cfg.pairing.views}")

@@ -21,6 +21,7 @@ from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
+from cl_runner.losses import Loss
 from cl_runner.optim import parameter_groups
 from cl_runner.train import Interrupted, SignalStop, TrainState, TrainStats, make_grad_scaler, pretrain
 
@@ -44,7 +45,7 @@ class Training:
     """Everything pretraining acts on, built from the config."""
 
     encoder: torch.nn.Module
-    loss_fn: torch.nn.Module
+    loss_fn: Loss
     sampler: TupleSampler
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
@@ -129,17 +130,21 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, run_d
     encoder = instantiate(cfg.encoder).to(device)
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), generator)
-    try:  # the optimizer and schedule are partials: their own checks of the config run here
-        optimizer = instantiate(cfg.optimizer)(parameter_groups(encoder, cfg.optimizer.weight_decay))
+    loss_fn = instantiate(cfg.loss)
+    try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here
+        loss_fn.setup(encoder, cfg.batch_size)
+        loss_fn.to(device)
+        trained = torch.nn.ModuleList([encoder, loss_fn])  # with the loss's own parameters (a predictor)
+        optimizer = instantiate(cfg.optimizer)(parameter_groups(trained, cfg.optimizer.weight_decay))
         schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
                                              cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
     except ValueError as err:
-        raise UserError(f"optimizer or schedule: {err}") from err
+        raise UserError(f"loss, optimizer or schedule: {err}") from err
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, cfg.precision)
-    return Training(encoder, instantiate(cfg.loss), sampler, optimizer, schedule, scaler, generator,
-                    Checkpointer(run_dir, encoder, optimizer, scaler, generator, schedule))
+    return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, generator,
+                    Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator, schedule))
 
 
 def pretrain_in(cfg: DictConfig, parts: Training, state: TrainState, device: torch.device, writer: SummaryWriter,

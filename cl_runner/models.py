@@ -70,6 +70,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.projector = ProjectionHead([backbone.embedding_dim, *projector]) if projector else nn.Identity()
+        self.output_dim = projector[-1] if projector else backbone.embedding_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))

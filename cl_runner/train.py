@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from cl_runner.data.pairing import TupleBatch, TupleSampler
 from cl_runner.errors import UserError
+from cl_runner.losses import Loss
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,26 +102,32 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
-def train_step(encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+def train_step(encoder: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, batch: TupleBatch, *, device: torch.device, precision: str,
-               memory_format: torch.memory_format, check_finite: bool = False) -> torch.Tensor:
-    """One optimization step on a batch of tuples: encode all views in one pass, loss in fp32, update.
-    Returns the loss, not synchronized to the host; with `check_finite` (a host sync), a NaN or infinite
-    loss is not applied and None is returned."""
-    with autocast_for(device, precision):
-        z = encoder(batch.images.contiguous(memory_format=memory_format))
-    z = z.float().view(batch.views, -1, z.shape[-1])  # views x tuples x dim
-    loss = loss_fn(z, batch.target, batch.labels)
+               memory_format: torch.memory_format, progress: float = 1.0,
+               check_finite: bool = False) -> torch.Tensor | None:
+    """One optimization step on a batch of tuples: the loss encodes the views (in one pass by default) under
+    autocast, computes itself in fp32, then the update and the loss's own `after_step` (e.g. a momentum
+    encoder's update; `progress`: share of training done after this step). Returns the loss, not
+    synchronized to the host; with `check_finite` (a host sync), a NaN or infinite loss is not applied and
+    None is returned."""
+    def encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        with autocast_for(device, precision):
+            z = module(images.contiguous(memory_format=memory_format))
+        return z.float().view(batch.views, -1, z.shape[-1])  # views x tuples x dim
+
+    loss = loss_fn.training_loss(encoder, batch, encode)
     if check_finite and not torch.isfinite(loss):
         return None
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    loss_fn.after_step(encoder, progress)
     return loss.detach()
 
 
-def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
+def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, state: TrainState, *, schedule=None, epochs: int, batch_size: int,
              device: torch.device, precision: str, generator: torch.Generator, writer: SummaryWriter,
              log_every: int = 10, channels_last: bool = True, checkpoint_every: int = 1,
@@ -134,13 +141,16 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     encoder.to(memory_format=memory_format)
+    loss_fn.to(memory_format=memory_format)  # a momentum encoder, a predictor
     num_tuples = sampler.tuples_per_epoch()
     steps_per_epoch = math.ceil(num_tuples / batch_size)
+    total_steps = epochs * steps_per_epoch
     finite_check_every = 1 if device.type == "cpu" else log_every  # a check is a host sync on a GPU
     stats = state.stats
     encoder.train()
-    progress = tqdm(total=epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
-                    unit="step", dynamic_ncols=True, mininterval=1.0)
+    loss_fn.train()
+    bar = tqdm(total=total_steps, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
+               unit="step", dynamic_ncols=True, mininterval=1.0)
     start = time.perf_counter() - stats.seconds
     try:
         while state.epoch < epochs:
@@ -154,7 +164,7 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                 ids = state.order[first:first + batch_size]
                 batch = sampler.batch(ids, generator)
                 loss = train_step(encoder, loss_fn, optimizer, scaler, batch, device=device, precision=precision,
-                                  memory_format=memory_format,
+                                  memory_format=memory_format, progress=(stats.steps + 1) / total_steps,
                                   check_finite=(stats.steps + 1) % finite_check_every == 0)
                 if loss is None:
                     _diverged(stats.steps + 1, checkpointer)
@@ -168,14 +178,14 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                 epoch_loss += loss
                 window_loss += loss
                 window_steps += 1
-                progress.update()
+                bar.update()
                 if stats.steps % log_every == 0 or state.step_in_epoch == steps_per_epoch:
                     mean_loss = (window_loss / window_steps).item()  # the only host sync: every log_every steps
                     stats.seconds = time.perf_counter() - start
                     writer.add_scalar("train/loss", mean_loss, stats.steps)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], stats.steps)
                     writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
-                    progress.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
+                    bar.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
                                          tuples_per_s=f"{stats.tuples_per_second:.0f}")
                     window_loss, window_steps = torch.zeros((), device=device), 0
                 signum = stop_signal()
@@ -195,7 +205,7 @@ def pretrain(encoder: nn.Module, loss_fn: nn.Module, sampler: TupleSampler, opti
                     state.epoch % checkpoint_every == 0 or state.epoch == epochs):
                 checkpointer.save(state)
     finally:
-        progress.close()
+        bar.close()
     return stats
 
 

@@ -15,9 +15,10 @@ from torch.utils.tensorboard import SummaryWriter
 from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
-from cl_runner.data.pairing import TripletSampler
-from cl_runner.models import PamiCNN
-from cl_runner.train import Diverged, TrainState, make_grad_scaler, pretrain
+from cl_runner.data.pairing import MultiViewSampler, TripletSampler
+from cl_runner.losses import Loss, MoCoLoss
+from cl_runner.models import Encoder, PamiCNN
+from cl_runner.train import Diverged, Interrupted, TrainState, make_grad_scaler, pretrain
 from conftest import DATA_ROOT, run_cli
 
 RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
@@ -89,7 +90,7 @@ def test_resume_refuses_a_changed_config_and_says_when_a_run_is_finished(tmp_pat
     assert missing.returncode == 2 and "not a cl-run run folder" in missing.stderr
 
 
-class NaNAtStep(nn.Module):
+class NaNAtStep(Loss):
     """A triplet loss that turns NaN at a given call, to inject a divergence."""
 
     pairings = ("triplet",)
@@ -112,10 +113,11 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     encoder = PamiCNN(1)
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-    checkpointer = Checkpointer(tmp_path, encoder, optimizer, scaler, generator)
+    loss_fn = NaNAtStep(6)
+    checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, generator)
     state = TrainState()
     with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
-        pretrain(encoder, NaNAtStep(6), sampler, optimizer, scaler, state, epochs=3, batch_size=64,
+        pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=3, batch_size=64,
                  device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
                  checkpointer=checkpointer)  # 4 steps an epoch: the NaN comes in epoch 2
     message = str(stop.value)
@@ -124,3 +126,45 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["position"]["epoch"] == 1 and saved["stats"]["steps"] == 4
     assert all(torch.isfinite(p).all() for p in saved["encoder"].values() if p.is_floating_point())
+
+
+def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encoder, MoCoLoss]:
+    """Two epochs of MoCo on 256 digits, optionally stopped by a signal after `stop_at_step` steps and then
+    continued by fresh objects from the checkpoint, as `cl-run resume=` does."""
+    def parts():
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
+        sampler = MultiViewSampler()
+        sampler.setup(read_digits("train").head(256), NoAugment(), generator)
+        encoder = Encoder(PamiCNN(1), projector=[16, 8])
+        loss_fn = MoCoLoss(queue_size=192)  # not a multiple of the 128 keys a step: the queue wraps mid-step
+        loss_fn.setup(encoder, batch_size=64)
+        optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)  # MoCo's own parts take no gradient
+        scaler = make_grad_scaler(torch.device("cpu"), "fp32")
+        checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator)
+        return encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer
+
+    def train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, state, stop_signal):
+        with SummaryWriter(str(run_dir / "tb")) as writer:
+            pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=2, batch_size=64,
+                     device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
+                     checkpointer=checkpointer, stop_signal=stop_signal)
+
+    encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer = parts()
+    steps = iter(range(1, 100))
+    stop = (lambda: signal.SIGTERM if next(steps) == stop_at_step else None) if stop_at_step else (lambda: None)
+    try:
+        train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, TrainState(), stop)
+    except Interrupted:
+        encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer = parts()
+        state = checkpointer.restore()
+        train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, state, lambda: None)
+    return encoder, loss_fn
+
+
+def test_a_resumed_moco_run_continues_its_momentum_encoder_and_queue_exactly(tmp_path):
+    reference = moco_training(tmp_path / "reference")
+    resumed = moco_training(tmp_path / "resumed", stop_at_step=3)  # mid-epoch 1 of 4 steps
+    for ours, theirs in zip(reference, resumed):
+        for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name

@@ -1,6 +1,4 @@
-"""Losses behind one calling convention: `loss(z, target, labels)` with z [views, tuples, dim] from one encoder
-pass, `target` the +1/-1 pair labels (pairs only) and `labels` the tuples' classes where the pairing passes them.
-Each loss names the pairings it can train on."""
+"""Cross-entropy losses over in-batch similarities (InfoNCE family): NT-Xent, SupCon, debiased, N-pair."""
 from __future__ import annotations
 
 import math
@@ -8,43 +6,8 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-class CosineEmbeddingLoss(nn.Module):
-    """Pairwise cosine loss (torch.nn.CosineEmbeddingLoss): 1 - cos(a, b) for target +1,
-    max(0, cos(a, b) - margin) for target -1, averaged over pairs."""
-
-    pairings = ("pair",)
-
-    def __init__(self, margin: float = 0.0):
-        super().__init__()
-        if not -1.0 <= margin <= 1.0:
-            raise ValueError(f"loss.margin must lie in [-1, 1], got {margin}")
-        self.margin = margin
-
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        first, second = z  # each: tuples x dim
-        return F.cosine_embedding_loss(first, second, target, margin=self.margin)
-
-
-class TripletMarginLoss(nn.Module):
-    """Triplet margin loss (Schroff et al. 2015; torch.nn.TripletMarginLoss):
-    max(0, ||a - p||_p - ||a - n||_p + margin), averaged over triplets."""
-
-    pairings = ("triplet",)
-
-    def __init__(self, margin: float = 1.0, p: float = 2.0):
-        super().__init__()
-        if margin < 0 or p <= 0:
-            raise ValueError(f"loss.margin must be >= 0 and loss.p > 0, got margin={margin}, p={p}")
-        self.margin, self.p = margin, p
-
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        anchor, positive, negative = z  # each: tuples x dim
-        return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p)
+from cl_runner.losses.base import Loss
 
 
 def multi_positive_contrastive(z: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -67,7 +30,7 @@ def _same(ids: torch.Tensor) -> torch.Tensor:
     return same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
 
 
-class _InBatchContrastive(nn.Module, ABC):
+class _InBatchContrastive(Loss, ABC):
     """Shared by NT-Xent and SupCon: multi_positive_contrastive over the masks a subclass defines."""
 
     pairings = ("multiview",)
@@ -123,34 +86,14 @@ class SupConLoss(_InBatchContrastive):
         return positives, ~positives & ~torch.eye(len(positives), dtype=torch.bool, device=device)
 
 
-class ContrastiveLoss(nn.Module):
-    """Margin contrastive loss (Hadsell, Chopra & LeCun 2006, eq. 4) on pairs with Euclidean distance d:
-    d^2 / 2 for similar pairs (target +1), max(0, margin - d)^2 / 2 for dissimilar ones (-1), averaged."""
-
-    pairings = ("pair",)
-
-    def __init__(self, margin: float = 1.0):
-        super().__init__()
-        if margin <= 0:
-            raise ValueError(f"loss.margin must be > 0, got {margin}")
-        self.margin = margin
-
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        first, second = z
-        distance = F.pairwise_distance(first, second)
-        similar = target > 0
-        per_pair = torch.where(similar, distance.square(), F.relu(self.margin - distance).square()) / 2
-        return per_pair.mean()
-
-
-class DebiasedNTXentLoss(nn.Module):
+class DebiasedNTXentLoss(Loss):
     """Debiased contrastive loss (Chuang et al. 2020, eq. 7 with M = 1) on two views: the negatives' term is
     corrected for the chance tau_plus that a negative shares the anchor's class,
     g = max((sum_neg exp(s/T) - n tau_plus exp(s_pos/T)) / (1 - tau_plus), n e^(-1/T)), with n = 2N - 2
     negatives, and the loss is -log(exp(s_pos/T) / (exp(s_pos/T) + g)), averaged over the 2N anchors."""
 
     pairings = ("multiview",)
+    two_views = True
 
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1):
         super().__init__()
@@ -160,8 +103,6 @@ class DebiasedNTXentLoss(nn.Module):
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        if z.shape[0] != 2:
-            raise ValueError("loss=debiased works on two views: set pairing.views=2")
         tuples = z.shape[1]
         flat = F.normalize(torch.cat([z[0], z[1]]), dim=1)  # 2N x dim
         similarity = torch.exp(flat @ flat.T / self.temperature)  # 2N x 2N
@@ -176,12 +117,13 @@ class DebiasedNTXentLoss(nn.Module):
         return -torch.log(positive / (positive + g)).mean()
 
 
-class NPairLoss(nn.Module):
+class NPairLoss(Loss):
     """Multi-class N-pair loss (Sohn 2016, eq. 3 and the l2 term of section 3.2.2): for anchors a_i and positives
     p_i, log(1 + sum_{j != i} exp(a_i . p_j - a_i . p_i)), i.e. cross-entropy over the similarities
     a_i . p_j with target i, plus l2_reg times the mean squared norm of the embeddings."""
 
     pairings = ("multiview",)
+    two_views = True
 
     def __init__(self, l2_reg: float = 0.002):
         super().__init__()
@@ -198,51 +140,34 @@ class NPairLoss(nn.Module):
         return F.cross_entropy(logits, classes) + self.l2_reg * regularizer
 
 
-class BarlowTwinsLoss(nn.Module):
-    """Barlow Twins (Zbontar et al. 2021, eq. 1): the cross-correlation C of the two views' batch-standardized
-    embeddings, sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2."""
+class IMixLoss(Loss):
+    """i-Mix (Lee et al. 2021, Algorithm 1), N-pair form: each step draws lambda ~ Beta(alpha, alpha) and a
+    permutation pi of the batch, mixes the first views in input space, x_i = lambda x_i + (1 - lambda) x_pi(i),
+    and trains the similarities of the mixed views to the (unmixed) second views, s_ij = a_i . p_j / T on
+    l2-normalized embeddings, with the mixed virtual labels lambda e_i + (1 - lambda) e_pi(i) as soft targets of
+    a cross-entropy."""
 
     pairings = ("multiview",)
+    two_views = True
 
-    def __init__(self, lambda_offdiag: float = 0.005):
+    def __init__(self, temperature: float = 0.2, alpha: float = 1.0):
         super().__init__()
-        if lambda_offdiag < 0:
-            raise ValueError(f"loss.lambda_offdiag must be >= 0, got {lambda_offdiag}")
-        self.lambda_offdiag = lambda_offdiag
+        if temperature <= 0 or alpha <= 0:
+            raise ValueError(f"loss needs temperature > 0 and alpha > 0, got {temperature}, {alpha}")
+        self.temperature = temperature
+        self.beta = torch.distributions.Beta(alpha, alpha)
 
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        a, b = (F.batch_norm(v, None, None, training=True) for v in (z[0], z[1]))  # zero mean, unit std
-        correlation = a.T @ b / len(a)  # dim x dim
-        on_diagonal = (1 - torch.diagonal(correlation)).square().sum()
-        off_diagonal = correlation.square().sum() - torch.diagonal(correlation).square().sum()
-        return on_diagonal + self.lambda_offdiag * off_diagonal
+    def training_loss(self, encoder, batch, encode):
+        first, second = batch.images.unflatten(0, (2, -1))  # each: tuples x C x H x W
+        mix = float(self.beta.sample())  # drawn on the CPU: no device sync
+        permutation = torch.randperm(len(first), device=first.device)
+        mixed = torch.lerp(first[permutation], first, mix)  # mix * first + (1 - mix) * first[permutation]
+        z = encode(encoder, torch.cat([mixed, second]))
+        return self(z, mix, permutation)
 
-
-class VICRegLoss(nn.Module):
-    """VICReg (Bardes, Ponce & LeCun 2022, eq. 6): invariance (mean squared distance of the views),
-    variance (hinge max(0, 1 - std) per dimension, std with eps 1e-4) and covariance (squared off-diagonal
-    covariances / dim), weighted 25, 25 and 1 by default. As in the authors' code, for which those weights were
-    tuned, the variance term is averaged over the two views and the covariance term summed."""
-
-    pairings = ("multiview",)
-
-    def __init__(self, invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0):
-        super().__init__()
-        if min(invariance, variance, covariance) < 0:
-            raise ValueError("loss weights must be >= 0")
-        self.weights = (invariance, variance, covariance)
-
-    def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        a, b = z[0], z[1]
-        invariance = F.mse_loss(a, b)
-        variance = covariance = 0.0
-        for view in (a, b):
-            centred = view - view.mean(dim=0)
-            std = torch.sqrt(centred.var(dim=0) + 1e-4)
-            variance = variance + F.relu(1 - std).mean() / 2
-            cov = centred.T @ centred / (len(view) - 1)  # dim x dim
-            covariance = covariance + (cov.square().sum() - torch.diagonal(cov).square().sum()) / view.shape[1]
-        w_inv, w_var, w_cov = self.weights
-        return w_inv * invariance + w_var * variance + w_cov * covariance
+    def forward(self, z: torch.Tensor, mix: float, permutation: torch.Tensor) -> torch.Tensor:
+        """z: [2, tuples, dim], the mixed first views' and the second views' embeddings."""
+        anchors, positives = F.normalize(z[0], dim=1), F.normalize(z[1], dim=1)
+        logits = anchors @ positives.T / self.temperature  # tuples x tuples
+        virtual = torch.eye(len(anchors), device=z.device)
+        return F.cross_entropy(logits, torch.lerp(virtual[permutation], virtual, mix))

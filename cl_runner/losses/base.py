@@ -1,0 +1,40 @@
+"""The contract between a loss and the training loop, so that the loop stays the same for every method.
+
+A loss sees the encoder and the batch through `training_loss(encoder, batch, encode)`. The default encodes all
+views in one pass and calls `forward(z, target, labels)` with z [views, tuples, dim] (fp32), `target` the +1/-1
+pair labels (pairs only) and `labels` the tuples' classes where the pairing passes them. Methods with parts of
+their own (a predictor, a momentum encoder, a queue) build them in `setup`, use them in `training_loss` and
+update them in `after_step`; their parameters join the optimizer and their state goes into checkpoints.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cl_runner.data.pairing import TupleBatch
+
+# encode(module, images) -> embeddings [views, tuples, dim] in fp32, under the run's autocast and memory format
+Encode = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+class Loss(nn.Module):
+    """Base of every loss. Class attributes state what it trains on, checked before any work:
+    `pairings` (the pairing names it accepts), `needs_labels` (class labels: negatives=label_aware) and
+    `two_views` (exactly two views per image)."""
+
+    pairings: tuple[str, ...] = ()
+    needs_labels = False
+    two_views = False
+
+    def setup(self, encoder: nn.Module, batch_size: int) -> None:
+        """Build the parts that depend on the encoder (its `output_dim`) or the batch size; called once, before
+        the optimizer is made. Raises ValueError for settings that cannot work."""
+
+    def training_loss(self, encoder: nn.Module, batch: TupleBatch, encode: Encode) -> torch.Tensor:
+        """The loss of one training step (a scalar with gradients)."""
+        return self(encode(encoder, batch.images), batch.target, batch.labels)
+
+    def after_step(self, encoder: nn.Module, progress: float) -> None:
+        """Called after each optimizer step; `progress` is the share of all training steps done, in (0, 1]."""

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_runner import experiment, run_folder
 from cl_runner.config import validate
 from cl_runner.errors import UserError
-from cl_runner.train import Interrupted
+from cl_runner.train import Interrupted, retain_freed_memory
 
 log = logging.getLogger(__name__)
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
@@ -85,6 +85,7 @@ def main() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["CL_FULL_ERROR"] = "1" if full_trace else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
+    retain_freed_memory()
     try:
         run_from_config()
     except Interrupted as stop:

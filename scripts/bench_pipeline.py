@@ -35,7 +35,7 @@ from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.experiment import device_name, resolve_device
-from cl_runner.train import TrainState, make_grad_scaler, pretrain, train_step
+from cl_runner.train import TrainState, make_grad_scaler, pretrain, retain_freed_memory, train_step
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
@@ -125,8 +125,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (b) and (c)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's default of unmapping large freed blocks (cl-run retains them)")
     parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "data"))
     args = parser.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()  # for the whole process, the study pipeline (a) included, as cl-run does
 
     device = resolve_device(args.device)
     cfg = compose_config(args)
@@ -179,6 +183,7 @@ def main() -> None:
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
                "workers": args.workers, "memory_format": args.memory_format, "compile": args.compile,
+               "system_malloc": args.system_malloc,
                "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     print_table(figures, setting)

@@ -3,6 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli
 
@@ -32,6 +34,23 @@ def test_every_option_of_the_group_runs(group, tmp_path, data_root):
     assert (tmp_path / "sweep" / "results.md").exists()
     if group == "loss":
         assert {s["pairing"] for s in ran} == set(options("pairing"))
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested dict."""
+    flat = {}
+    for key, value in tree.items():
+        flat.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_an_experiment_s_own_values_win_over_the_defaults(experiment):
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    own.pop("defaults", None), own.pop("hydra", None)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = OmegaConf.to_container(compose("config", overrides=[f"experiment={experiment}"]))
+    assert leaves(own) and leaves(own).items() <= leaves(composed).items()
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

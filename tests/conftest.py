@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CL_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -26,6 +27,17 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "
     full_env.update({"CL_DATA_ROOT": str(DATA_ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def loss_before_and_after_sgd(loss, params: list[torch.Tensor], lr: float, steps: int = 20) -> tuple[float, float]:
+    """The value of `loss()` before and after `steps` plain SGD steps on `params` (solo-learn's loss test)."""
+    optimizer = torch.optim.SGD(params, lr=lr)
+    first = loss().item()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    return first, loss().item()
 
 
 TINY = ["epochs=1", "batch_size=64", "eval.tsne_points=60", "log_every=2"]

@@ -8,6 +8,7 @@ from torch import nn
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.losses import (BarlowTwinsLoss, ContrastiveLoss, CosineEmbeddingLoss, DebiasedNTXentLoss, IMixLoss,
                                NPairLoss, NTXentLoss, SupConLoss, TripletMarginLoss, VICRegLoss)
+from conftest import loss_before_and_after_sgd
 
 
 def test_cosine_embedding_hand_computed():
@@ -56,13 +57,8 @@ def test_losses_are_differentiable_and_decrease_under_sgd():
                                    (CosineEmbeddingLoss(), 2, torch.tensor([1.0, -1.0] * 16)),
                                    (ContrastiveLoss(), 2, torch.tensor([1.0, -1.0] * 16))]:
         z = torch.randn(views, 32, 8, generator=g, requires_grad=True)
-        opt = torch.optim.SGD([z], lr=0.5)
-        first = loss_fn(z, target).item()
-        for _ in range(20):
-            opt.zero_grad()
-            loss_fn(z, target).backward()
-            opt.step()
-        assert loss_fn(z, target).item() < first
+        first, last = loss_before_and_after_sgd(lambda: loss_fn(z, target), [z], lr=0.5)
+        assert last < first
 
 
 def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -135,13 +131,8 @@ def test_in_batch_losses_decrease_under_sgd(loss_fn):
     g = torch.Generator().manual_seed(2)
     z = torch.randn(2, 16, 8, generator=g, requires_grad=True)
     labels = torch.arange(16) % 4
-    opt = torch.optim.SGD([z], lr=0.5)
-    first = loss_fn(z, labels=labels).item()
-    for _ in range(20):
-        opt.zero_grad()
-        loss_fn(z, labels=labels).backward()
-        opt.step()
-    assert loss_fn(z, labels=labels).item() < first
+    first, last = loss_before_and_after_sgd(lambda: loss_fn(z, labels=labels), [z], lr=0.5)
+    assert last < first
 
 
 def test_contrastive_hand_computed():
@@ -237,13 +228,8 @@ def test_vicreg_equals_its_formula_and_is_symmetric():
 def test_two_view_losses_decrease_under_sgd(loss_fn):
     g = torch.Generator().manual_seed(6)
     z = torch.randn(2, 32, 8, generator=g, requires_grad=True)
-    opt = torch.optim.SGD([z], lr=0.05)
-    first = loss_fn(z).item()
-    for _ in range(20):
-        opt.zero_grad()
-        loss_fn(z).backward()
-        opt.step()
-    assert loss_fn(z).item() < first
+    first, last = loss_before_and_after_sgd(lambda: loss_fn(z), [z], lr=0.05)
+    assert last < first
 
 
 def test_imix_hand_computed():
@@ -294,10 +280,5 @@ def test_imix_decreases_under_sgd():
     z = torch.randn(2, 32, 8, generator=g, requires_grad=True)
     permutation = torch.randperm(32, generator=g)
     loss_fn = IMixLoss()
-    opt = torch.optim.SGD([z], lr=0.05)
-    first = loss_fn(z, 0.7, permutation).item()
-    for _ in range(20):
-        opt.zero_grad()
-        loss_fn(z, 0.7, permutation).backward()
-        opt.step()
-    assert loss_fn(z, 0.7, permutation).item() < first
+    first, last = loss_before_and_after_sgd(lambda: loss_fn(z, 0.7, permutation), [z], lr=0.05)
+    assert last < first

@@ -12,6 +12,7 @@ from cl_runner.losses import BYOLLoss, MoCoLoss, SimSiamLoss
 from cl_runner.losses.momentum import cosine_momentum
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.train import make_grad_scaler, train_step
+from conftest import loss_before_and_after_sgd
 
 CPU = torch.device("cpu")
 
@@ -141,13 +142,8 @@ def test_predictor_losses_decrease_under_sgd(make):
     targets = torch.randn(2, 32, 8, generator=g)
     value = (lambda: loss(loss.predictor(z.flatten(0, 1)).view_as(z), targets)) if isinstance(loss, BYOLLoss) \
         else (lambda: loss(z))
-    opt = torch.optim.SGD([z, *loss.predictor.parameters()], lr=0.05)
-    first = value().item()
-    for _ in range(20):
-        opt.zero_grad()
-        value().backward()
-        opt.step()
-    assert value().item() < first
+    first, last = loss_before_and_after_sgd(value, [z, *loss.predictor.parameters()], lr=0.05)
+    assert last < first
 
 
 def test_moco_decreases_under_sgd():
@@ -155,13 +151,8 @@ def test_moco_decreases_under_sgd():
     loss = moco_with_queue(F.normalize(torch.randn(64, 8, generator=g), dim=-1), temperature=0.2)
     q = torch.randn(2, 32, 8, generator=g, requires_grad=True)
     k = F.normalize(torch.randn(2, 32, 8, generator=g), dim=-1)
-    opt = torch.optim.SGD([q], lr=0.5)
-    first = loss(F.normalize(q, dim=-1), k).item()
-    for _ in range(20):
-        opt.zero_grad()
-        loss(F.normalize(q, dim=-1), k).backward()
-        opt.step()
-    assert loss(F.normalize(q, dim=-1), k).item() < first
+    first, last = loss_before_and_after_sgd(lambda: loss(F.normalize(q, dim=-1), k), [q], lr=0.5)
+    assert last < first
 
 
 @pytest.mark.parametrize("make", [lambda: BYOLLoss(predictor_hidden=16), lambda: MoCoLoss(queue_size=64)],

@@ -76,15 +76,14 @@ class MoCoLoss(_MomentumEncoder):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """queries, keys: [2, tuples, dim], l2-normalized; the queue is the one before this step's keys."""
-        return (self.contrast(queries[0], keys[1], labels) + self.contrast(queries[1], keys[0], labels)) / 2
-
-    def contrast(self, queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        positive = (queries * keys).sum(dim=1, keepdim=True)  # tuples x 1
-        negative = queries @ self.queue.clone().T  # tuples x queue_size; a copy: enqueue() writes in place
+        q = queries.flatten(0, 1)  # 2N x dim: the queries of view 1, then of view 2...
+        k = keys.flip(0).flatten(0, 1)  # ...each against the other view's key
+        positive = (q * k).sum(dim=1, keepdim=True)  # 2N x 1
+        negative = q @ self.queue.clone().T  # 2N x queue_size; a copy, as enqueue() writes in place
         if labels is not None:
-            negative = negative.masked_fill(labels[:, None] == self.queue_labels[None, :], float("-inf"))
-        logits = torch.cat([positive, negative], dim=1) / self.temperature  # tuples x (1 + queue_size)
-        return F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long, device=queries.device))
+            negative = negative.masked_fill(labels.repeat(2)[:, None] == self.queue_labels[None, :], float("-inf"))
+        logits = torch.cat([positive, negative], dim=1) / self.temperature  # 2N x (1 + queue_size)
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor | None) -> None:

@@ -1,4 +1,4 @@
-"""Cross-entropy losses over in-batch similarities (InfoNCE family): NT-Xent, SupCon, debiased, N-pair."""
+"""Cross-entropy losses over in-batch similarities (InfoNCE family): NT-Xent, SupCon, debiased, N-pair, i-Mix."""
 from __future__ import annotations
 
 import math

@@ -191,3 +191,11 @@ def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path):
     assert result.returncode == 2 and "job 1: loss=triplet cannot train on pairing=pair" in result.stderr
     table = (tmp_path / "s" / "results.md").read_text()
     assert "| completed |" in table and "| failed |" in table
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "cl_runner").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to pyproject.toml's packages"

@@ -16,8 +16,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class Checkpointer:
-    """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate schedule, grad scaler, every RNG (python, numpy,
-    torch, CUDA, the sampling generator) and the position in training, as one file replaced atomically."""
+    """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate
+    schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the sampling generator) and the position in
+    training, as one file replaced atomically."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, generator: torch.Generator, schedule=None):

@@ -49,6 +49,22 @@ def test_none_is_the_unit_scaled_image_and_normalize_is_mean_std_half():
     assert torch.allclose(A.normalize(unit), TF.normalize(unit, [0.5], [0.5]))
 
 
+def test_warp_grid_equals_torch_affine_grid():
+    x = torch.rand(6, 3, 17, 23, generator=seeded(0))
+    theta = torch.randn(6, 2, 3, generator=seeded(1))
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    reference = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    assert torch.allclose(A.warp(x, theta), reference, atol=1e-5)
+
+
+def test_grayscale_and_mean_luma_are_the_itu_601_weighted_sums():
+    x = torch.rand(4, 3, 5, 7, generator=seeded(0))
+    assert torch.allclose(A.grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6)
+    assert torch.allclose(A.mean_luma(x).flatten(), TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3)), atol=1e-6)
+    one_channel = x[:, :1]
+    assert torch.equal(A.mean_luma(one_channel).flatten(), one_channel.mean(dim=(1, 2, 3)))
+
+
 @pytest.mark.parametrize("angle", [-15.0, -4.5, 10.0])
 def test_rotation_equals_torchvision_rotate(angle):
     x = A.to_unit(images(3, n=4, side=32))

@@ -15,7 +15,7 @@ from cl_runner.errors import UserError
 from cl_runner.optim import LR_SCALING
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PROTOCOLS = ("paper", "standard")
 
 

@@ -23,7 +23,8 @@ from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.optim import parameter_groups
-from cl_runner.train import Interrupted, SignalStop, TrainState, TrainStats, make_grad_scaler, pretrain
+from cl_runner.train import (Interrupted, SignalStop, TrainState, TrainStats, make_grad_scaler, pretrain,
+                             resolve_precision)
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,25 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
     `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
     continues in its own folder from its last checkpoint."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if cfg.resume:
         choices = run_folder.take_over(run_dir)
     else:
         run_folder.claim(run_dir, choices, cfg, overrides)
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    log.info("run folder %s, device %s, scenario %s", run_dir, device, choices)
+    log.info("run folder %s, device %s (%s), scenario %s", run_dir, device, precision, choices)
     train, test = load_data(cfg, device, overrides)
     timing = {"data_s": time.perf_counter() - started}
-    parts = build_training(cfg, train, device, run_dir)
+    parts = build_training(cfg, train, device, precision, run_dir)
     state = parts.checkpointer.restore() if cfg.resume else TrainState()
     if cfg.resume:
         log.info("resuming from %s at epoch %d, step %d", parts.checkpointer.path, state.epoch, state.stats.steps)
 
     # on resume, TensorBoard drops the events logged after the checkpoint
     with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
-        stats = pretrain_in(cfg, parts, state, device, writer, run_dir)
+        stats = pretrain_in(cfg, parts, state, device, precision, writer, run_dir)
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
@@ -102,8 +104,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
                "tuples_per_s": stats.tuples_per_second, "images_per_s": stats.images_per_second,
                "epoch_losses": stats.epoch_losses},
         timing=timing,
-        environment={"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-                     "threads": torch.get_num_threads()},
+        environment={"device": str(device), "device_name": device_name(device), "precision": precision,
+                     "torch": torch.__version__, "threads": torch.get_num_threads()},
     )
     export.write_json(run_dir / "metrics.json", metrics)
     run_folder.record_completion(run_dir)
@@ -125,7 +127,8 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tu
     return train, test
 
 
-def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, run_dir: Path) -> Training:
+def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
+                   run_dir: Path) -> Training:
     generator = torch.Generator(device).manual_seed(cfg.seed)
     encoder = instantiate(cfg.encoder).to(device)
     sampler = instantiate(cfg.pairing)
@@ -142,20 +145,20 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, run_d
         raise UserError(f"loss, optimizer or schedule: {err}") from err
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
-    scaler = make_grad_scaler(device, cfg.precision)
+    scaler = make_grad_scaler(device, precision)
     return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, generator,
                     Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator, schedule))
 
 
-def pretrain_in(cfg: DictConfig, parts: Training, state: TrainState, device: torch.device, writer: SummaryWriter,
-                run_dir: Path) -> TrainStats:
+def pretrain_in(cfg: DictConfig, parts: Training, state: TrainState, device: torch.device, precision: str,
+                writer: SummaryWriter, run_dir: Path) -> TrainStats:
     """Pretraining with signals caught: a SIGINT/SIGTERM ends it with a checkpoint, recorded in status.json."""
     trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares the encoder's parameters
     try:
         with SignalStop() as stop_signal:
             return pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
                             schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
-                            precision=cfg.precision, generator=parts.generator, writer=writer,
+                            precision=precision, generator=parts.generator, writer=writer,
                             log_every=cfg.log_every, channels_last=cfg.channels_last,
                             checkpoint_every=cfg.checkpoint_every, checkpointer=parts.checkpointer,
                             stop_signal=stop_signal)

@@ -35,7 +35,8 @@ from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.experiment import device_name, resolve_device
-from cl_runner.train import TrainState, make_grad_scaler, pretrain, retain_freed_memory, train_step
+from cl_runner.train import (TrainState, make_grad_scaler, pretrain, resolve_precision, retain_freed_memory,
+                             train_step)
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
@@ -123,6 +124,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the study pipeline")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="as cl-run's precision: auto is bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (b) and (c)")
     parser.add_argument("--system-malloc", action="store_true",
@@ -142,7 +145,7 @@ def main() -> None:
     if needed > len(train):
         parser.error(f"--steps and --warmup need {needed} training images; {args.dataset} has {len(train)}")
     train = train.head(needed)
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(args.precision, device)
     memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     views = 3 if pairing == "triplet" else 2
 
@@ -182,7 +185,7 @@ def main() -> None:
     figures["c_over_b"] = figures["cl_runner_tuples_per_s"] / figures["floor_tuples_per_s"]
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
-               "workers": args.workers, "memory_format": args.memory_format, "compile": args.compile,
+               "workers": args.workers, "precision": precision, "memory_format": args.memory_format, "compile": args.compile,
                "system_malloc": args.system_malloc,
                "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -236,7 +239,7 @@ class _Limited:
 
 def print_table(figures: dict, setting: dict) -> None:
     print(f"{setting['dataset']} / {setting['aug']} / {setting['loss']}, batch {setting['batch_size']}, "
-          f"{setting['steps']} timed steps on {setting['device_name']} ({setting['threads']} threads)")
+          f"{setting['steps']} timed steps, {setting['precision']}, on {setting['device_name']} ({setting['threads']} threads)")
     print(f"{'pipeline':<34}{'tuples/s':>12}{'images/s':>12}")
     for key, name in (("study", "(a) study: PIL + DataLoader"), ("floor", "(b) floor: model step only"),
                       ("cl_runner", "(c) cl-runner training loop")):

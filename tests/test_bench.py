@@ -7,7 +7,7 @@ from conftest import DATA_ROOT, REPO
 
 FIELDS = {"study_tuples_per_s", "floor_tuples_per_s", "cl_runner_tuples_per_s", "study_images_per_s",
           "floor_images_per_s", "cl_runner_images_per_s", "c_over_a", "c_over_b", "dataset", "aug", "loss",
-          "pairing", "batch_size", "steps", "device", "device_name", "threads", "torch"}
+          "pairing", "batch_size", "steps", "precision", "device", "device_name", "threads", "torch"}
 
 
 def test_bench_pipeline_prints_a_table_and_json(tmp_path):

@@ -130,6 +130,8 @@ BAD_INPUTS = [
     (["batch_size=1.5"], "batch_size must be an integer >= 1"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be a number > 0"),
     (["device=tpu"], "device must be one of auto, cpu, cuda"),
+    (["precision=fp64"], "precision must be one of auto, bf16, fp16, fp32"),
+    (["device=cpu", "precision=fp16"], "precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32"),
     (["loss=triplet", "pairing=pair"], "loss=triplet cannot train on pairing=pair: it needs pairing=triplet"),
     (["loss=cosine_embedding", "pairing=triplet"], "cannot train on pairing=triplet: it needs pairing=pair"),
     (["loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),

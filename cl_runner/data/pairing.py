@@ -108,16 +108,16 @@ class TupleSampler(ABC):
     def positive_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented views in [0, 1] of the images with indices `anchors`."""
         if self.stored_views is not None:
-            return to_unit(self.stored_views[anchors])
-        return self.augment(self.train.images[anchors], generator)
+            return to_unit(self.stored_views.index_select(0, anchors))
+        return self.augment(self.train.images.index_select(0, anchors), generator)
 
     def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The anchors in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
-        images = self.train.images[anchors]
+        images = self.train.images.index_select(0, anchors)
         return self.augment(images, generator) if self.augment_anchor else to_unit(images)
 
     def negative_images(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return to_unit(self.train.images[self.negatives.sample(anchors, generator)])
+        return to_unit(self.train.images.index_select(0, self.negatives.sample(anchors, generator)))
 
 
 class TripletSampler(TupleSampler):
@@ -151,8 +151,9 @@ class PairSampler(TupleSampler):
         is_positive = ids < n
         anchors = self.anchor_views(anchor_ids, generator)
         second = torch.empty_like(anchors)
-        second[is_positive] = self.positive_views(anchor_ids[is_positive], generator)
-        second[~is_positive] = self.negative_images(anchor_ids[~is_positive], generator)
+        for rows, make in ((torch.nonzero(is_positive).squeeze(1), self.positive_views),
+                           (torch.nonzero(~is_positive).squeeze(1), self.negative_images)):
+            second.index_copy_(0, rows, make(anchor_ids.index_select(0, rows), generator))
         target = is_positive.float() * 2 - 1
         return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
 

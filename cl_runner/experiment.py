@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,7 @@ from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.optim import parameter_groups
-from cl_runner.train import (Interrupted, SignalStop, TrainState, TrainStats, make_grad_scaler, pretrain,
-                             resolve_precision)
+from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,31 @@ class Training:
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
     `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
-    continues in its own folder from its last checkpoint."""
+    continues in its own folder from its last checkpoint.
+
+    A SIGINT or SIGTERM at any point ends the run at the next step or phase boundary with a checkpoint, and
+    status.json says how to resume: training continues where it stopped, evaluation and export are redone."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.resume:
         choices = run_folder.take_over(run_dir)
     else:
         run_folder.claim(run_dir, choices, cfg, overrides)
+    try:
+        with SignalStop() as stop_signal:
+            metrics = train_and_evaluate(cfg, run_dir, choices, overrides, device, precision, stop_signal)
+    except Interrupted as stop:
+        run_folder.record_interruption(run_dir, stop.signum)
+        raise
+    run_folder.record_completion(run_dir)
+    log.info("done in %.1f s: %s", metrics["timing"]["total_s"], summary_line(metrics))
+    return metrics
+
+
+def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
+                       device: torch.device, precision: str, stop_signal: Callable[[], int | None]) -> dict:
+    """The run's work in its folder: data, pretraining (from the checkpoint on resume), evaluation, t-SNE,
+    figures and weights, metrics.json last."""
     started = time.perf_counter()
     seed_everything(cfg.seed)
     log.info("run folder %s, device %s (%s), scenario %s", run_dir, device, precision, choices)
@@ -75,20 +93,32 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     if cfg.resume:
         log.info("resuming from %s at epoch %d, step %d", parts.checkpointer.path, state.epoch, state.stats.steps)
 
+    def stop_if_signalled() -> None:
+        signum = stop_signal()
+        if signum is not None:
+            raise Interrupted(signum, parts.checkpointer.save(state))
+
     # on resume, TensorBoard drops the events logged after the checkpoint
     with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
-        stats = pretrain_in(cfg, parts, state, device, precision, writer, run_dir)
+        trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares its parameters
+        stats = pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
+                         schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
+                         precision=precision, generator=parts.generator, writer=writer, log_every=cfg.log_every,
+                         channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,
+                         checkpointer=parts.checkpointer, stop_signal=stop_signal)
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
         metrics = evaluate_encoder(cfg, parts.encoder, train, test, test_x)
         metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
+        stop_if_signalled()
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         for protocol in cfg.eval.protocols:
             for name, value in metrics[protocol].items():
                 if isinstance(value, float):
                     writer.add_scalar(f"eval/{protocol}/{name}", value, stats.steps)
+    stop_if_signalled()
 
     tick = time.perf_counter()
     first = cfg.eval.protocols[0]
@@ -108,8 +138,6 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
                      "torch": torch.__version__, "threads": torch.get_num_threads()},
     )
     export.write_json(run_dir / "metrics.json", metrics)
-    run_folder.record_completion(run_dir)
-    log.info("done in %.1f s: %s", timing["total_s"], summary_line(metrics))
     return metrics
 
 
@@ -148,23 +176,6 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     scaler = make_grad_scaler(device, precision)
     return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, generator,
                     Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator, schedule))
-
-
-def pretrain_in(cfg: DictConfig, parts: Training, state: TrainState, device: torch.device, precision: str,
-                writer: SummaryWriter, run_dir: Path) -> TrainStats:
-    """Pretraining with signals caught: a SIGINT/SIGTERM ends it with a checkpoint, recorded in status.json."""
-    trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares the encoder's parameters
-    try:
-        with SignalStop() as stop_signal:
-            return pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
-                            schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
-                            precision=precision, generator=parts.generator, writer=writer,
-                            log_every=cfg.log_every, channels_last=cfg.channels_last,
-                            checkpoint_every=cfg.checkpoint_every, checkpointer=parts.checkpointer,
-                            stop_signal=stop_signal)
-    except Interrupted as stop:
-        run_folder.record_interruption(run_dir, stop.signum)
-        raise
 
 
 def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, test_x: np.ndarray) -> dict:

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the study pipeline")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                        help="as cl-run's precision: auto is bf16 on CUDA, fp32 on CPU")
+                        help="as cl-run's precision: auto is bf16 on CUDA and on CPUs with native bf16")
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (b) and (c)")
     parser.add_argument("--system-malloc", action="store_true",

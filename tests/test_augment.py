@@ -165,11 +165,12 @@ def test_colour_ops_equal_torchvision(name, factor):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_color_jitter_equals_torchvision_in_the_drawn_order():
+@pytest.mark.parametrize("sync_free", [False, True], ids=["subsets", "sync_free"])
+def test_color_jitter_equals_torchvision_in_the_drawn_order(sync_free):
     aug = A.SimCLRAugment()
     x = A.to_unit(images(3, n=64, side=8))
     applied, factors, order = aug.jitter_params(64, seeded(4), torch.device("cpu"))
-    ours = A.apply_color_jitter(x, applied, factors, order)
+    ours = A.apply_color_jitter(x, applied, factors, order, sync_free=sync_free)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i in range(64):
         expected = x[i]

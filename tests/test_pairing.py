@@ -56,10 +56,13 @@ def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
     assert sampler.tuples_per_epoch() == len(data)
 
 
-def test_pair_batch_has_a_positive_and_a_negative_pair_per_image():
+@pytest.mark.parametrize("sync_free", [False, True], ids=["subsets", "sync_free"])
+def test_pair_batch_has_a_positive_and_a_negative_pair_per_image(sync_free):
     data = toy_set()
     sampler = PairSampler()
     sampler.setup(data, NoAugment(), torch.Generator().manual_seed(0))
+    assert not sampler.sync_free  # chosen from the data's device: CPU builds only the images each pair needs
+    sampler.sync_free = sync_free
     n = len(data)
     assert sampler.tuples_per_epoch() == 2 * n
     ids = torch.tensor([0, 1, n + 0, n + 1])

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from cl_runner import experiment
 from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
@@ -19,7 +21,7 @@ from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.train import Diverged, Interrupted, TrainState, make_grad_scaler, pretrain
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, REPO, run_cli
 
 RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
        "optimizer=lars", "schedule=warmup_cosine", "schedule.warmup_epochs=1"]  # optimizer and schedule state too
@@ -67,9 +69,8 @@ def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
     process = start([*RUN, "hydra.run.dir=run"], tmp_path)
-    wait_for(tmp_path / "run" / "tensorboard", process)
-    time.sleep(1.0)  # mid-epoch
-    process.send_signal(signal.SIGTERM)
+    wait_for(tmp_path / "run" / "checkpoint.pt", process)  # the first epoch is done: a signal now lands in a later
+    process.send_signal(signal.SIGTERM)  # epoch or, on a fast machine, in evaluation: either way it stops there
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143
     assert "continue with: cl-run resume=" in stderr.splitlines()[-1]
@@ -168,3 +169,34 @@ def test_a_resumed_moco_run_continues_its_momentum_encoder_and_queue_exactly(tmp
     for ours, theirs in zip(reference, resumed):
         for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
             assert torch.equal(a, b), name
+
+
+def test_a_signal_during_evaluation_ends_the_run_there_and_resume_redoes_the_evaluation(
+        tmp_path, uninterrupted, monkeypatch):
+    """SIGTERM while the probes run: the run finishes that phase, writes a checkpoint of the trained encoder
+    and records `interrupted`; `resume=` then evaluates and exports exactly as an uninterrupted run."""
+    evaluating = []
+    real_embed = experiment.evaluate.embed
+    monkeypatch.setattr(experiment.evaluate, "embed", lambda *a, **k: evaluating.append(1) or real_embed(*a, **k))
+
+    class SignalDuringEvaluation:  # in place of SignalStop: SIGTERM has arrived once evaluation starts
+        def __enter__(self):
+            return lambda: signal.SIGTERM if evaluating else None
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(experiment, "SignalStop", SignalDuringEvaluation)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=RUN)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        experiment.run(cfg, run_dir, uninterrupted["scenario"], RUN)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == signal.SIGTERM
+    assert evaluating and not (run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    result = run_cli(["resume=run"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert comparable(resumed) == comparable(uninterrupted)

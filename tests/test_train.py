@@ -9,7 +9,7 @@ from cl_runner.data.pairing import TupleBatch
 from cl_runner.errors import UserError
 from cl_runner.losses import TripletMarginLoss
 from cl_runner.models import Encoder, PamiCNN
-from cl_runner.train import make_grad_scaler, resolve_precision, train_step
+from cl_runner.train import make_grad_scaler, native_cpu_bf16, resolve_precision, train_step
 
 FREED_BYTES = """
 import sys
@@ -42,9 +42,9 @@ def test_freed_blocks_stay_with_the_process_instead_of_being_unmapped():
 CPU = torch.device("cpu")
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_fp16_needs_cuda():
+def test_precision_auto_is_bf16_where_native_and_fp16_needs_cuda():
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("auto", CPU) == ("bf16" if native_cpu_bf16() else "fp32")
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"
     with pytest.raises(UserError, match="precision=fp16 needs a CUDA device"):
         resolve_precision("fp16", CPU)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
-HUE_SECTORS = (5.0, 3.0, 1.0)  # n of the hexcone's R, G, B channels: k = (n + 6 h) mod 6
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -59,10 +58,7 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 
 def mean_luma(images: torch.Tensor) -> torch.Tensor:
     """The mean of each image's luma [B, 1, 1, 1]: the luma of the channel means, without a luma image."""
-    means = images.mean(dim=(2, 3))
-    if images.shape[1] == 3:
-        means = means @ means.new_tensor(GRAY_WEIGHTS)[:, None]
-    return means.view(-1, 1, 1, 1)
+    return grayscale(images.mean(dim=(2, 3), keepdim=True))
 
 
 class NoAugment:
@@ -201,17 +197,25 @@ def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def apply_color_jitter(images: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor,
-                       order: torch.Tensor) -> torch.Tensor:
+def apply_color_jitter(images: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                       sync_free: bool | None = None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue (columns of `factors`) in each sample's own `order`, for the
-    samples where `applied` is set. Each operation runs once per image, on the subset whose slot holds it."""
+    samples where `applied` is set. On CPU each operation runs once per image, on the subset whose slot holds
+    it; on an accelerator (or with `sync_free`) every image goes through every slot's operation and `where`
+    keeps the chosen results: more arithmetic, but no subset sizes read back to the host."""
+    if sync_free is None:
+        sync_free = images.device.type != "cpu"
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
     if images.shape[1] == 1:
         ops = ops[:2]  # saturation and hue leave one-channel images unchanged (torchvision does the same)
     out = images.clone()
     for slot in range(4):
         for op_index, op in enumerate(ops):
-            idx = torch.nonzero(applied & (order[:, slot] == op_index)).squeeze(1)
+            chosen = applied & (order[:, slot] == op_index)
+            if sync_free:
+                out = torch.where(_per_sample(chosen), op(out, factors[:, op_index]), out)
+                continue
+            idx = torch.nonzero(chosen).squeeze(1)
             if idx.numel():
                 out.index_copy_(0, idx, op(out.index_select(0, idx), factors[idx, op_index]))
     return out
@@ -256,7 +260,8 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue6 = torch.lerp(torch.lerp((r - g).div_(safe).add_(4.0), (b - r).div_(safe).add_(2.0), green_max),
                       (g - b).div_(safe), red_max)
     hue6 += shift.view(-1, 1, 1) * 6
-    k = hue6.unsqueeze(1) + hue6.new_tensor(HUE_SECTORS).view(1, 3, 1, 1)
+    sectors = torch.arange(5.0, 0.0, -2.0, device=images.device, dtype=images.dtype)  # n = 5, 3, 1
+    k = hue6.unsqueeze(1) + sectors.view(1, 3, 1, 1)
     k -= torch.floor(k / 6).mul_(6)  # k mod 6, cheaper than torch.remainder
     triangle = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return torch.addcmul(val.unsqueeze(1), chroma.unsqueeze(1), triangle, value=-1.0)

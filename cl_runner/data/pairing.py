@@ -64,7 +64,7 @@ class RandomNegatives:
     def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices [B] of negatives for the images `anchors`, never the anchor itself."""
         u = torch.rand(len(anchors), generator=generator, device=anchors.device)
-        pos = torch.minimum((u * (self.size - 1)).long(), torch.tensor(self.size - 2, device=anchors.device))
+        pos = (u * (self.size - 1)).long().clamp_max_(self.size - 2)
         return pos + (pos >= anchors).long()  # skip the anchor's own index
 
 
@@ -78,6 +78,7 @@ class TupleSampler(ABC):
     stored it) and reuse it every epoch, as the study's code did; otherwise a fresh draw every step.
     negatives: `label_aware` (another class) or `random` (any other image).
     augment_anchor: the anchor is an augmented view too (its own draw), as in SimCLR and BYOL.
+    On an accelerator (`sync_free`, set by `setup` from the data's device) batches are built without host syncs.
     """
 
     name = ""
@@ -90,6 +91,7 @@ class TupleSampler(ABC):
 
     def setup(self, train: ImageSet, augment, generator: torch.Generator, chunk: int = 4096) -> None:
         self.train, self.augment = train, augment
+        self.sync_free = train.images.device.type != "cpu"  # on an accelerator: no data-dependent shapes
         self.negatives = NEGATIVES[self.negative_kind](train.labels)
         self.stored_views = None
         if self.fixed_views:
@@ -150,10 +152,14 @@ class PairSampler(TupleSampler):
         anchor_ids = ids % n
         is_positive = ids < n
         anchors = self.anchor_views(anchor_ids, generator)
-        second = torch.empty_like(anchors)
-        for rows, make in ((torch.nonzero(is_positive).squeeze(1), self.positive_views),
-                           (torch.nonzero(~is_positive).squeeze(1), self.negative_images)):
-            second.index_copy_(0, rows, make(anchor_ids.index_select(0, rows), generator))
+        if self.sync_free:  # a positive view and a negative for every pair, the target picks: no host sync
+            second = torch.where(is_positive.view(-1, 1, 1, 1), self.positive_views(anchor_ids, generator),
+                                 self.negative_images(anchor_ids, generator))
+        else:  # only the images each pair needs
+            second = torch.empty_like(anchors)
+            for rows, make in ((torch.nonzero(is_positive).squeeze(1), self.positive_views),
+                               (torch.nonzero(~is_positive).squeeze(1), self.negative_images)):
+                second.index_copy_(0, rows, make(anchor_ids.index_select(0, rows), generator))
         target = is_positive.float() * 2 - 1
         return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
 

@@ -16,7 +16,8 @@ import torch
 
 from cl_runner.data.augment import PadRotateScale, SimCLRAugment, to_unit
 from cl_runner.data.datasets import load_split
-from cl_runner.experiment import resolve_device
+from cl_runner.experiment import device_name, resolve_device
+from cl_runner.train import retain_freed_memory
 
 
 def kornia_pipeline(aug: str, side: int, channels: int):
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "data"))
     args = parser.parse_args()
+    retain_freed_memory()  # as cl-run does
 
     device = resolve_device(args.device)
     images = load_split(args.dataset, args.data_root, "train").images[:args.batch_size].to(device)
@@ -65,9 +67,9 @@ def main() -> None:
     own_s = timed(lambda: ours(images, generator), args.repeats, device)
     kornia_s = timed(lambda: theirs(to_unit(images)), args.repeats, device)
     result = {"dataset": args.dataset, "aug": args.aug, "batch_size": args.batch_size, "device": str(device),
-              "threads": torch.get_num_threads(), "own_images_per_s": args.batch_size / own_s,
+              "device_name": device_name(device), "threads": torch.get_num_threads(), "own_images_per_s": args.batch_size / own_s,
               "kornia_images_per_s": args.batch_size / kornia_s, "own_over_kornia": kornia_s / own_s}
-    print(f"{args.aug} on {args.batch_size} {args.dataset} images, {device} ({result['threads']} threads)")
+    print(f"{args.aug} on {args.batch_size} {args.dataset} images, {result['device_name']} ({result['threads']} threads)")
     print(f"own tensor code {result['own_images_per_s']:>10.0f} images/s")
     print(f"kornia          {result['kornia_images_per_s']:>10.0f} images/s")
     print(f"own / kornia = {result['own_over_kornia']:.2f}")

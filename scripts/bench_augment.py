@@ -67,9 +67,11 @@ def main() -> None:
     own_s = timed(lambda: ours(images, generator), args.repeats, device)
     kornia_s = timed(lambda: theirs(to_unit(images)), args.repeats, device)
     result = {"dataset": args.dataset, "aug": args.aug, "batch_size": args.batch_size, "device": str(device),
-              "device_name": device_name(device), "threads": torch.get_num_threads(), "own_images_per_s": args.batch_size / own_s,
-              "kornia_images_per_s": args.batch_size / kornia_s, "own_over_kornia": kornia_s / own_s}
-    print(f"{args.aug} on {args.batch_size} {args.dataset} images, {result['device_name']} ({result['threads']} threads)")
+              "device_name": device_name(device), "threads": torch.get_num_threads(),
+              "own_images_per_s": args.batch_size / own_s, "kornia_images_per_s": args.batch_size / kornia_s,
+              "own_over_kornia": kornia_s / own_s}
+    print(f"{args.aug} on {args.batch_size} {args.dataset} images, {result['device_name']} "
+          f"({result['threads']} threads)")
     print(f"own tensor code {result['own_images_per_s']:>10.0f} images/s")
     print(f"kornia          {result['kornia_images_per_s']:>10.0f} images/s")
     print(f"own / kornia = {result['own_over_kornia']:.2f}")

@@ -185,8 +185,8 @@ def main() -> None:
     figures["c_over_b"] = figures["cl_runner_tuples_per_s"] / figures["floor_tuples_per_s"]
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
-               "workers": args.workers, "precision": precision, "memory_format": args.memory_format, "compile": args.compile,
-               "system_malloc": args.system_malloc,
+               "workers": args.workers, "precision": precision, "memory_format": args.memory_format,
+               "compile": args.compile, "system_malloc": args.system_malloc,
                "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     print_table(figures, setting)
@@ -239,7 +239,8 @@ class _Limited:
 
 def print_table(figures: dict, setting: dict) -> None:
     print(f"{setting['dataset']} / {setting['aug']} / {setting['loss']}, batch {setting['batch_size']}, "
-          f"{setting['steps']} timed steps, {setting['precision']}, on {setting['device_name']} ({setting['threads']} threads)")
+          f"{setting['steps']} timed steps, {setting['precision']}, on {setting['device_name']} "
+          f"({setting['threads']} threads)")
     print(f"{'pipeline':<34}{'tuples/s':>12}{'images/s':>12}")
     for key, name in (("study", "(a) study: PIL + DataLoader"), ("floor", "(b) floor: model step only"),
                       ("cl_runner", "(c) cl-runner training loop")):

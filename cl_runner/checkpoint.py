@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cl_runner.export import write_bytes_atomic
+from cl_runner.randomness import TrainingStreams
 from cl_runner.train import TrainState, TrainStats
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -17,14 +18,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 class Checkpointer:
     """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate
-    schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the sampling generator) and the position in
+    schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the training streams) and the position in
     training, as one file replaced atomically."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, generator: torch.Generator, schedule=None):
+                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None):
         self.path = run_dir / CHECKPOINT_FILE
         self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
-        self.scaler, self.generator = scaler, generator
+        self.scaler, self.streams = scaler, streams
         self.schedule = schedule
 
     def describe(self) -> str:
@@ -39,7 +40,7 @@ class Checkpointer:
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "generator": self.generator.get_state()},
+                    "streams": self.streams.state_dict()},
             "position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                          "order": None if state.order is None else state.order.cpu(),
                          "epoch_loss_sum": state.epoch_loss_sum},
@@ -65,10 +66,10 @@ class Checkpointer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.generator.set_state(rng["generator"])
+        self.streams.load_state_dict(rng["streams"])
         position = payload["position"]
         order = position["order"]
         return TrainState(stats=TrainStats(**payload["stats"]), epoch=position["epoch"],
                           step_in_epoch=position["step_in_epoch"],
-                          order=None if order is None else order.to(self.generator.device),
+                          order=None if order is None else order.to(self.streams.order.device),
                           epoch_loss_sum=position["epoch_loss_sum"])

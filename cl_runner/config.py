@@ -12,11 +12,11 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from cl_runner.errors import UserError
+from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import LR_SCALING
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-PROTOCOLS = ("paper", "standard")
 
 
 def _is_int(value) -> bool:
@@ -46,6 +46,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("eval.features", lambda v: v in ("backbone", "projector"), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
+    ("eval.baseline", lambda v: isinstance(v, bool), "true or false"),
     ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("eval.cosine_knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("eval.cosine_knn_temperature", lambda v: _is_number(v) and v > 0, "a number > 0"),

@@ -19,6 +19,8 @@ from torch import nn
 
 from cl_runner.data.augment import normalize, to_unit
 
+PROTOCOLS = ("paper", "standard")
+
 
 @torch.inference_mode()
 def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone",

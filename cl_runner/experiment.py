@@ -17,13 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import evaluate, export, run_folder
+from cl_runner import evaluate, export, randomness, run_folder
 from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
+from cl_runner.evaluate import PROTOCOLS
 from cl_runner.losses import Loss
 from cl_runner.optim import parameter_groups
+from cl_runner.randomness import TrainingStreams
 from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (a loss's own draws: MoCo's first queue, i-Mix's
+    mixing); the run's main draws each have a stream of their own (cl_runner.randomness)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -51,7 +55,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    generator: torch.Generator
+    streams: TrainingStreams
     checkpointer: Checkpointer
 
 
@@ -103,7 +107,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares its parameters
         stats = pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
                          schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
-                         precision=precision, generator=parts.generator, writer=writer, log_every=cfg.log_every,
+                         precision=precision, streams=parts.streams, writer=writer, log_every=cfg.log_every,
                          channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,
                          checkpointer=parts.checkpointer, stop_signal=stop_signal)
         timing["train_s"] = stats.seconds
@@ -113,11 +117,15 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
         stop_if_signalled()
+        if cfg.eval.baseline:
+            tick = time.perf_counter()
+            metrics["baseline"] = metrics_without_figures(
+                metrics if cfg.epochs == 0 else evaluate_initialization(cfg, train, test, device))
+            metrics["gain"] = gains(metrics, metrics["baseline"])
+            timing["baseline_s"] = time.perf_counter() - tick
+            stop_if_signalled()
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
-        for protocol in cfg.eval.protocols:
-            for name, value in metrics[protocol].items():
-                if isinstance(value, float):
-                    writer.add_scalar(f"eval/{protocol}/{name}", value, stats.steps)
+        export.log_hparams(writer, hyperparameters(cfg, choices, precision), final_figures(metrics), stats.steps)
     stop_if_signalled()
 
     tick = time.perf_counter()
@@ -130,6 +138,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     timing["total_s"] = time.perf_counter() - started
     metrics.update(
         scenario=dict(choices),
+        seed=cfg.seed,
         train={"seconds": stats.seconds, "steps": stats.steps, "tuples": stats.tuples, "images": stats.images,
                "tuples_per_s": stats.tuples_per_second, "images_per_s": stats.images_per_second,
                "epoch_losses": stats.epoch_losses},
@@ -157,10 +166,10 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tu
 
 def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
                    run_dir: Path) -> Training:
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    encoder = instantiate(cfg.encoder).to(device)
+    streams = TrainingStreams.from_seed(cfg.seed, device)
+    encoder = build_encoder(cfg, device)
     sampler = instantiate(cfg.pairing)
-    sampler.setup(train, instantiate(cfg.aug), generator)
+    sampler.setup(train, instantiate(cfg.aug), streams)
     loss_fn = instantiate(cfg.loss)
     try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here
         loss_fn.setup(encoder, cfg.batch_size)
@@ -174,8 +183,57 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, precision)
-    return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, generator,
-                    Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator, schedule))
+    return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, streams,
+                    Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
+
+
+def build_encoder(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The encoder as initialized from the run's `init` stream: the same weights for every run of this seed and
+    encoder, whatever its loss, augmentation or data order."""
+    with randomness.seeded(cfg.seed, "init"):
+        encoder = instantiate(cfg.encoder)
+    return encoder.to(device)
+
+
+def evaluate_initialization(cfg: DictConfig, train: ImageSet, test: ImageSet, device: torch.device) -> dict:
+    """The protocols and diagnostics on the encoder as initialized, before any step (the same weights the run
+    started from, rebuilt from its seed, so resume needs nothing saved): the random-encoder baseline each
+    trained figure is read against. Equal to an `epochs=0` run of the same seed."""
+    encoder = build_encoder(cfg, device)
+    encoder.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)  # as trained
+    return evaluate_encoder(cfg, encoder, train, test, evaluate.embed(encoder, test.images, cfg.eval.features))
+
+
+def metrics_without_figures(metrics: dict) -> dict:
+    """The protocols' numbers and the diagnostics of `metrics` (no confusion matrices)."""
+    kept = {"diagnostics": {k: v for k, v in metrics["diagnostics"].items() if k != "alignment"}}
+    for protocol in PROTOCOLS:
+        if protocol in metrics:
+            kept[protocol] = {k: v for k, v in metrics[protocol].items() if k != "confusion_matrix"}
+    return kept
+
+
+def gains(trained: dict, initial: dict) -> dict:
+    """Trained minus initial, for every accuracy of every protocol: what pretraining added."""
+    return {protocol: {name: trained[protocol][name] - value for name, value in initial[protocol].items()
+                       if isinstance(value, float)}
+            for protocol in PROTOCOLS if protocol in initial}
+
+
+def final_figures(metrics: dict) -> dict[str, float]:
+    """Every accuracy as `eval/PROTOCOL/NAME`, and its gain over the initialization as `gain/PROTOCOL/NAME`."""
+    figures = {}
+    for protocol in PROTOCOLS:
+        for prefix, source in (("eval", metrics), ("gain", metrics.get("gain", {}))):
+            figures.update({f"{prefix}/{protocol}/{name}": value
+                            for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
+    return figures
+
+
+def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
+    """What TensorBoard's HParams tab compares a sweep's runs by: the scenario's choices and the key settings."""
+    return {**choices, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
 
 
 def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, test_x: np.ndarray) -> dict:
@@ -185,7 +243,7 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, tes
     num_classes = len(test.classes)
     metrics: dict = {"features": cfg.eval.features, "diagnostics": evaluate.diagnostics(test_x)}
     if "paper" in cfg.eval.protocols:
-        metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=cfg.seed,
+        metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=evaluation_seed(cfg),
                                                    test_fraction=cfg.eval.paper_test_fraction, knn_k=cfg.eval.knn_k)
     if "standard" in cfg.eval.protocols:
         train_x, train_y = evaluate.embed(encoder, train.images, cfg.eval.features), train.labels.cpu().numpy()
@@ -195,11 +253,16 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, tes
     return metrics
 
 
+def evaluation_seed(cfg: DictConfig) -> int:
+    """The seed of the evaluation's own draws (the paper protocol's split, t-SNE), as scikit-learn takes it."""
+    return randomness.stream_seed(cfg.seed, "evaluation") % 2**32
+
+
 def view_alignment(cfg: DictConfig, parts: Training, test: ImageSet, test_x: np.ndarray, points: int = 2000) -> float:
     """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
     augmentation (seeded, so it is the same for every run of that augmentation)."""
     images = test.images[:points]
-    generator = torch.Generator(images.device).manual_seed(cfg.seed)
+    generator = randomness.generator(cfg.seed, "alignment", images.device)
     views = parts.sampler.augment(images, generator).mul(255).round_().to(torch.uint8)
     return evaluate.alignment(test_x[:points], evaluate.embed(parts.encoder, views, cfg.eval.features))
 
@@ -215,7 +278,7 @@ def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choice
         return 0.0
     tick = time.perf_counter()
     labels = test.labels[:points].cpu().numpy()
-    coords = export.tsne(test_x[:points], seed=cfg.seed, perplexity=cfg.eval.tsne_perplexity)
+    coords = export.tsne(test_x[:points], seed=evaluation_seed(cfg), perplexity=cfg.eval.tsne_perplexity)
     export.write_tsne_csv(run_dir / "tsne.csv", coords, labels)
     export.save_tsne_png(run_dir / "tsne.png", coords, labels, test.classes,
                          f"{scenario_title(choices)}: t-SNE of the first {points} test images")
@@ -228,8 +291,18 @@ def scenario_title(choices: dict) -> str:
 
 
 def summary_line(metrics: dict) -> str:
-    parts = [f"{protocol}.{name}={metrics[protocol][name]:.4f}" for protocol in ("paper", "standard")
-             if protocol in metrics for name in ("linear_top1", "knn_top1")]
+    """E.g. "paper linear 0.9250 (+0.1510 over its random initialization), kNN 0.9300 (+0.1000); standard ..."."""
+    parts, explained = [], False
+    for protocol in PROTOCOLS:
+        for name, label in (("linear_top1", f"{protocol} linear"), ("knn_top1", "kNN")):
+            if protocol not in metrics:
+                continue
+            text = f"{label} {metrics[protocol][name]:.4f}"
+            gain = metrics.get("gain", {}).get(protocol, {}).get(name)
+            if gain is not None:
+                text += f" ({gain:+.4f}{'' if explained else ' over its random initialization'})"
+                explained = True
+            parts.append(text)
     return ", ".join(parts)
 
 

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
 TSNE_COLUMNS = ("x", "y", "label", "index")
 
@@ -43,6 +45,15 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def log_hparams(writer: SummaryWriter, hyperparameters: dict, figures: dict[str, float], step: int) -> None:
+    """The run's hyperparameters and final figures for TensorBoard's HParams tab, in the run's own event files
+    (SummaryWriter.add_hparams would start a second run folder), and the figures as scalars at `step`."""
+    for summary in hparams(hyperparameters, figures):  # the experiment, session-start and session-end records
+        writer.file_writer.add_summary(summary)
+    for tag, value in figures.items():
+        writer.add_scalar(tag, value, step)
 
 
 def tsne(embeddings: np.ndarray, seed: int, perplexity: float = 30.0) -> np.ndarray:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cl_runner.data.pairing import TupleBatch, TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
+from cl_runner.randomness import TrainingStreams
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -169,11 +170,12 @@ def train_step(encoder: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimiz
 
 def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, state: TrainState, *, schedule=None, epochs: int, batch_size: int,
-             device: torch.device, precision: str, generator: torch.Generator, writer: SummaryWriter,
+             device: torch.device, precision: str, streams: TrainingStreams, writer: SummaryWriter,
              log_every: int = 10, channels_last: bool = True, checkpoint_every: int = 1,
              checkpointer=None, stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
     """Train `encoder` in place from `state` up to `epochs` passes over the sampler's tuples, in random order,
-    stepping the learning-rate `schedule` (a torch LR scheduler) after every optimizer step.
+    stepping the learning-rate `schedule` (a torch LR scheduler) after every optimizer step. Each epoch's order
+    draws from `streams.order`, each batch's negatives and views from the sampler's streams.
 
     channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and tensor cores).
     `checkpointer.save(state)` runs every `checkpoint_every` epochs (0: never) and when `stop_signal()` names a
@@ -195,14 +197,14 @@ def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer
     try:
         while state.epoch < epochs:
             if state.step_in_epoch == 0:
-                state.order = torch.randperm(num_tuples, generator=generator, device=device)
+                state.order = torch.randperm(num_tuples, generator=streams.order, device=device)
                 state.epoch_loss_sum = 0.0
             epoch_loss = torch.tensor(state.epoch_loss_sum, device=device)
             window_loss, window_steps = torch.zeros((), device=device), 0
             while state.step_in_epoch < steps_per_epoch:
                 first = state.step_in_epoch * batch_size
                 ids = state.order[first:first + batch_size]
-                batch = sampler.batch(ids, generator)
+                batch = sampler.batch(ids, streams)
                 loss = train_step(encoder, loss_fn, optimizer, scaler, batch, device=device, precision=precision,
                                   memory_format=memory_format, progress=(stats.steps + 1) / total_steps,
                                   check_finite=(stats.steps + 1) % finite_check_every == 0)

@@ -35,6 +35,7 @@ from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.experiment import device_name, resolve_device
+from cl_runner.randomness import TrainingStreams
 from cl_runner.train import (TrainState, make_grad_scaler, pretrain, resolve_precision, retain_freed_memory,
                              train_step)
 
@@ -196,10 +197,10 @@ def main() -> None:
 def prepared_batches(cfg, train: ImageSet, args, device: torch.device) -> list[TupleBatch]:
     """warmup + steps batches from cl-runner's sampler, built before any timing starts."""
     sampler = instantiate(cfg.pairing)
-    generator = torch.Generator(device).manual_seed(1)
-    sampler.setup(train, instantiate(cfg.aug), generator)
-    order = torch.randperm(sampler.tuples_per_epoch(), generator=generator, device=device)
-    return [sampler.batch(order[i * args.batch_size:(i + 1) * args.batch_size], generator)
+    streams = TrainingStreams.from_seed(1, device)
+    sampler.setup(train, instantiate(cfg.aug), streams)
+    order = torch.randperm(sampler.tuples_per_epoch(), generator=streams.order, device=device)
+    return [sampler.batch(order[i * args.batch_size:(i + 1) * args.batch_size], streams)
             for i in range(args.warmup + args.steps)]
 
 
@@ -208,14 +209,14 @@ def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, prec
     """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run."""
     encoder, loss_fn, optimizer, scaler = parts
     sampler = instantiate(cfg.pairing)
-    generator = torch.Generator(device).manual_seed(0)
-    sampler.setup(train, instantiate(cfg.aug), generator)
+    streams = TrainingStreams.from_seed(0, device)
+    sampler.setup(train, instantiate(cfg.aug), streams)
     with tempfile.TemporaryDirectory() as logs, SummaryWriter(log_dir=logs) as writer:
         def run(steps: int) -> float:
             start = time.perf_counter()
             pretrain(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler, TrainState(),
                      epochs=1, batch_size=args.batch_size, device=device, precision=precision,
-                     generator=generator, writer=writer, channels_last=channels_last, checkpoint_every=0)
+                     streams=streams, writer=writer, channels_last=channels_last, checkpoint_every=0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start
@@ -233,8 +234,8 @@ class _Limited:
     def tuples_per_epoch(self) -> int:
         return self.tuples
 
-    def batch(self, ids, generator):
-        return self.sampler.batch(ids, generator)
+    def batch(self, ids, streams):
+        return self.sampler.batch(ids, streams)
 
 
 def print_table(figures: dict, setting: dict) -> None:

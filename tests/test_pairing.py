@@ -5,6 +5,7 @@ from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import (LabelAwareNegatives, MultiViewSampler, PairSampler, RandomNegatives,
                                    TripletSampler)
+from cl_runner.randomness import TrainingStreams
 
 
 def toy_set(n: int = 300, classes: int = 5, seed: int = 0) -> ImageSet:
@@ -45,9 +46,9 @@ def test_negatives_need_two_classes():
 def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
     data = toy_set()
     sampler = TripletSampler()
-    sampler.setup(data, NoAugment(), torch.Generator().manual_seed(0))
+    sampler.setup(data, NoAugment(), TrainingStreams.from_seed(0))
     ids = torch.arange(10, 42)
-    batch = sampler.batch(ids, torch.Generator().manual_seed(3))
+    batch = sampler.batch(ids, TrainingStreams.from_seed(3))
     assert batch.views == 3 and batch.target is None and batch.images.shape == (96, 1, 8, 8)
     anchors, positives, negatives = batch.images.view(3, 32, 1, 8, 8)
     assert torch.equal(anchors, normalize(to_unit(data.images[ids])))
@@ -60,13 +61,13 @@ def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
 def test_pair_batch_has_a_positive_and_a_negative_pair_per_image(sync_free):
     data = toy_set()
     sampler = PairSampler()
-    sampler.setup(data, NoAugment(), torch.Generator().manual_seed(0))
+    sampler.setup(data, NoAugment(), TrainingStreams.from_seed(0))
     assert not sampler.sync_free  # chosen from the data's device: CPU builds only the images each pair needs
     sampler.sync_free = sync_free
     n = len(data)
     assert sampler.tuples_per_epoch() == 2 * n
     ids = torch.tensor([0, 1, n + 0, n + 1])
-    batch = sampler.batch(ids, torch.Generator().manual_seed(4))
+    batch = sampler.batch(ids, TrainingStreams.from_seed(4))
     assert batch.views == 2 and batch.target.tolist() == [1.0, 1.0, -1.0, -1.0]
     first, second = batch.images.view(2, 4, 1, 8, 8)
     clean = normalize(to_unit(data.images[[0, 1, 0, 1]]))
@@ -79,13 +80,13 @@ def test_fixed_views_are_drawn_once_and_reused():
     data = toy_set()
     ids = torch.arange(0, 16)
     fixed = TripletSampler(fixed_views=True)
-    fixed.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    fixed.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
     first = fixed.positive_views(ids, torch.Generator().manual_seed(1))
     again = fixed.positive_views(ids, torch.Generator().manual_seed(2))
     assert torch.equal(first, again)
     assert torch.equal(first, to_unit(fixed.stored_views[ids]))  # quantized to uint8 once, as PIL stored them
     fresh = TripletSampler()
-    fresh.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
+    fresh.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
     assert not torch.equal(fresh.positive_views(ids, torch.Generator().manual_seed(1)),
                            fresh.positive_views(ids, torch.Generator().manual_seed(2)))
 
@@ -106,14 +107,14 @@ def test_multiview_batch_stacks_k_views_and_passes_labels_only_when_label_aware(
     data = toy_set()
     ids = torch.arange(8)
     sampler = MultiViewSampler(views=3, negatives="label_aware")
-    sampler.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
-    batch = sampler.batch(ids, torch.Generator().manual_seed(1))
+    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    batch = sampler.batch(ids, TrainingStreams.from_seed(1))
     assert batch.views == 3 and batch.images.shape == (24, 1, 8, 8) and torch.equal(batch.labels, data.labels[ids])
     views = batch.images.view(3, 8, 1, 8, 8)
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
     unsupervised = MultiViewSampler(views=2)
-    unsupervised.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
-    assert unsupervised.batch(ids, torch.Generator().manual_seed(1)).labels is None
+    unsupervised.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    assert unsupervised.batch(ids, TrainingStreams.from_seed(1)).labels is None
     with pytest.raises(ValueError, match="at least 2"):
         MultiViewSampler(views=1)
 
@@ -122,8 +123,8 @@ def test_augment_anchor_draws_the_anchor_as_a_view_too():
     data = toy_set()
     ids = torch.arange(16)
     sampler = TripletSampler(augment_anchor=True)
-    sampler.setup(data, SimCLRAugment(), torch.Generator().manual_seed(0))
-    anchors, positives, _ = sampler.batch(ids, torch.Generator().manual_seed(3)).images.view(3, 16, 1, 8, 8)
+    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    anchors, positives, _ = sampler.batch(ids, TrainingStreams.from_seed(3)).images.view(3, 16, 1, 8, 8)
     assert not torch.equal(anchors, normalize(to_unit(data.images[ids])))
     assert not torch.equal(anchors, positives)  # independent draws
     with pytest.raises(ValueError, match="negatives"):

@@ -20,6 +20,7 @@ from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss
 from cl_runner.models import Encoder, PamiCNN
+from cl_runner.randomness import TrainingStreams
 from cl_runner.train import Diverged, Interrupted, TrainState, make_grad_scaler, pretrain
 from conftest import DATA_ROOT, REPO, run_cli
 
@@ -108,18 +109,18 @@ class NaNAtStep(Loss):
 
 def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     train = read_digits("train").head(256)
-    generator = torch.Generator().manual_seed(0)
+    streams = TrainingStreams.from_seed(0)
     sampler = TripletSampler()
-    sampler.setup(train, NoAugment(), generator)
+    sampler.setup(train, NoAugment(), streams)
     encoder = PamiCNN(1)
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
     loss_fn = NaNAtStep(6)
-    checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, generator)
+    checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, streams)
     state = TrainState()
     with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
         pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=3, batch_size=64,
-                 device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
+                 device=torch.device("cpu"), precision="fp32", streams=streams, writer=writer,
                  checkpointer=checkpointer)  # 4 steps an epoch: the NaN comes in epoch 2
     message = str(stop.value)
     assert "loss became NaN or infinite by step 6" in message and str(tmp_path / "checkpoint.pt") in message
@@ -134,32 +135,32 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
     continued by fresh objects from the checkpoint, as `cl-run resume=` does."""
     def parts():
         torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(0)
+        streams = TrainingStreams.from_seed(0)
         sampler = MultiViewSampler()
-        sampler.setup(read_digits("train").head(256), NoAugment(), generator)
+        sampler.setup(read_digits("train").head(256), NoAugment(), streams)
         encoder = Encoder(PamiCNN(1), projector=[16, 8])
         loss_fn = MoCoLoss(queue_size=192)  # not a multiple of the 128 keys a step: the queue wraps mid-step
         loss_fn.setup(encoder, batch_size=64)
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)  # MoCo's own parts take no gradient
         scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-        checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, generator)
-        return encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer
+        checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams)
+        return encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer
 
-    def train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, state, stop_signal):
+    def train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, stop_signal):
         with SummaryWriter(str(run_dir / "tb")) as writer:
             pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=2, batch_size=64,
-                     device=torch.device("cpu"), precision="fp32", generator=generator, writer=writer,
+                     device=torch.device("cpu"), precision="fp32", streams=streams, writer=writer,
                      checkpointer=checkpointer, stop_signal=stop_signal)
 
-    encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer = parts()
+    encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
     steps = iter(range(1, 100))
     stop = (lambda: signal.SIGTERM if next(steps) == stop_at_step else None) if stop_at_step else (lambda: None)
     try:
-        train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, TrainState(), stop)
+        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, TrainState(), stop)
     except Interrupted:
-        encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer = parts()
+        encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
         state = checkpointer.restore()
-        train(encoder, loss_fn, sampler, optimizer, scaler, generator, checkpointer, state, lambda: None)
+        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, lambda: None)
     return encoder, loss_fn
 
 

@@ -15,6 +15,7 @@ import torch
 
 from cl_runner.data.augment import normalize, to_unit
 from cl_runner.data.datasets import ImageSet
+from cl_runner.randomness import TrainingStreams
 
 
 @dataclass
@@ -89,14 +90,14 @@ class TupleSampler(ABC):
             raise ValueError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
         self.fixed_views, self.negative_kind, self.augment_anchor = fixed_views, negatives, augment_anchor
 
-    def setup(self, train: ImageSet, augment, generator: torch.Generator, chunk: int = 4096) -> None:
+    def setup(self, train: ImageSet, augment, streams: TrainingStreams, chunk: int = 4096) -> None:
         self.train, self.augment = train, augment
         self.sync_free = train.images.device.type != "cpu"  # on an accelerator: no data-dependent shapes
         self.negatives = NEGATIVES[self.negative_kind](train.labels)
         self.stored_views = None
         if self.fixed_views:
             self.stored_views = torch.cat([
-                augment(train.images[i:i + chunk], generator).mul(255).round_().to(torch.uint8)
+                augment(train.images[i:i + chunk], streams.augment).mul(255).round_().to(torch.uint8)
                 for i in range(0, len(train), chunk)])
 
     @abstractmethod
@@ -104,8 +105,9 @@ class TupleSampler(ABC):
         """How many tuples one epoch visits."""
 
     @abstractmethod
-    def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
-        """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation)."""
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
+        """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation); views draw from
+        `streams.augment`, negatives from `streams.negatives`."""
 
     def positive_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented views in [0, 1] of the images with indices `anchors`."""
@@ -131,9 +133,10 @@ class TripletSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
-        anchors = self.anchor_views(ids, generator)
-        stacked = torch.cat([anchors, self.positive_views(ids, generator), self.negative_images(ids, generator)])
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
+        anchors = self.anchor_views(ids, streams.augment)
+        stacked = torch.cat([anchors, self.positive_views(ids, streams.augment),
+                             self.negative_images(ids, streams.negatives)])
         return TupleBatch(normalize(stacked), views=3)
 
 
@@ -147,19 +150,21 @@ class PairSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return 2 * len(self.train)
 
-    def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
         n = len(self.train)
         anchor_ids = ids % n
         is_positive = ids < n
-        anchors = self.anchor_views(anchor_ids, generator)
+        anchors = self.anchor_views(anchor_ids, streams.augment)
         if self.sync_free:  # a positive view and a negative for every pair, the target picks: no host sync
-            second = torch.where(is_positive.view(-1, 1, 1, 1), self.positive_views(anchor_ids, generator),
-                                 self.negative_images(anchor_ids, generator))
+            second = torch.where(is_positive.view(-1, 1, 1, 1), self.positive_views(anchor_ids, streams.augment),
+                                 self.negative_images(anchor_ids, streams.negatives))
         else:  # only the images each pair needs
             second = torch.empty_like(anchors)
-            for rows, make in ((torch.nonzero(is_positive).squeeze(1), self.positive_views),
-                               (torch.nonzero(~is_positive).squeeze(1), self.negative_images)):
-                second.index_copy_(0, rows, make(anchor_ids.index_select(0, rows), generator))
+            positives, negatives = torch.nonzero(is_positive).squeeze(1), torch.nonzero(~is_positive).squeeze(1)
+            second.index_copy_(0, positives, self.positive_views(anchor_ids.index_select(0, positives),
+                                                                 streams.augment))
+            second.index_copy_(0, negatives, self.negative_images(anchor_ids.index_select(0, negatives),
+                                                                  streams.negatives))
         target = is_positive.float() * 2 - 1
         return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
 
@@ -183,8 +188,8 @@ class MultiViewSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, generator: torch.Generator) -> TupleBatch:
-        first = self.anchor_views(ids, generator)  # a clean first view unless augment_anchor
-        others = [self.positive_views(ids, generator) for _ in range(self.views - 1)]
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
+        first = self.anchor_views(ids, streams.augment)  # a clean first view unless augment_anchor
+        others = [self.positive_views(ids, streams.augment) for _ in range(self.views - 1)]
         labels = self.train.labels[ids] if self.negative_kind == "label_aware" else None
         return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels)

@@ -313,8 +313,9 @@ def report_markdown(sweep_dir: Path, jobs: list[Job], factors: list[str]) -> str
             continue
         within = header[:header.index("difference")]
         lines += [f"## {factor}: paired differences within {' x '.join(within) or 'the sweep'}", "",
-                  f"Mean over seeds of the per-seed difference (runs of one seed share their initial weights, "
-                  f"data order and, where the pairing allows, negatives and views), ± half-width of its "
+                  f"Mean over seeds of the per-seed difference (runs of one seed share their initial weights and "
+                  f"evaluation split, and on the same pairing their data order, negatives and augmentation "
+                  f"draws), ± half-width of its "
                   f"{CONFIDENCE:.0%} {METHOD} interval; * where the interval excludes zero. Unpaired ±: Welch's "
                   f"interval of the same difference if the runs had not been paired.", "",
                   markdown_table(header, rows)]

@@ -40,4 +40,4 @@ def loss_before_and_after_sgd(loss, params: list[torch.Tensor], lr: float, steps
     return first, loss().item()
 
 
-TINY = ["epochs=1", "batch_size=64", "eval.tsne_points=60", "log_every=2"]
+TINY = ["dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=60", "log_every=2"]

@@ -24,7 +24,7 @@ def only_run_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("run")
-    result = run_cli([*TINY, "aug=simclr"], cwd)
+    result = run_cli([*TINY, "aug=simclr", "loss=cosine_embedding"], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return only_run_dir(cwd)
 
@@ -36,6 +36,8 @@ def test_a_run_leaves_every_promised_file(digits_run):
     assert not list(digits_run.glob(".*.tmp"))  # atomic writes leave no temporaries
     config = yaml.safe_load((digits_run / "config.yaml").read_text())
     assert config["epochs"] == 1 and config["aug"]["_target_"].endswith("SimCLRAugment")
+    last = (digits_run / "cl_run.log").read_text().strip().splitlines()[-1]
+    assert "done in" in last and "over its random initialization" in last and "paper linear 0." in last
 
 
 def test_metrics_are_nested_by_protocol(digits_run):
@@ -47,7 +49,7 @@ def test_metrics_are_nested_by_protocol(digits_run):
     assert 0.0 <= metrics["standard"]["cosine_knn_top1"] <= 1.0
     assert metrics["paper"]["scored_images"] == 72 and metrics["standard"]["scored_images"] == 360
     assert metrics["train"]["tuples_per_s"] > 0 and metrics["train"]["steps"] == 45  # ceil(2 * 1437 / 64)
-    assert set(metrics["timing"]) >= {"data_s", "train_s", "eval_s", "tsne_s", "export_s", "total_s"}
+    assert set(metrics["timing"]) >= {"data_s", "train_s", "eval_s", "baseline_s", "tsne_s", "export_s", "total_s"}
     assert set(metrics["diagnostics"]) >= {"rankme", "normalized_std", "uniformity", "alignment"}
     assert metrics["diagnostics"]["alignment"] >= 0 and metrics["diagnostics"]["uniformity"] <= 0
     assert metrics["scenario"] == {"dataset": "digits", "aug": "simclr", "pairing": "pair",
@@ -67,6 +69,24 @@ def test_tensorboard_reads_the_event_files(digits_run):
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/tuples_per_s", "eval/paper/linear_top1"} <= scalars
     assert events.Scalars("train/lr")[0].value == pytest.approx(0.05)
+    assert {"gain/paper/linear_top1", "gain/standard/knn_top1"} <= scalars
+
+
+def test_tensorboard_hparams_hold_the_scenario_and_the_final_figures(digits_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(digits_run / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"eval/paper/linear_top1", "gain/paper/linear_top1"}
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["loss"].string_value == "cosine_embedding" and hparams["aug"].string_value == "simclr"
+    assert hparams["seed"].number_value == 0 and hparams["lr"].number_value == pytest.approx(0.05)
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    logged = events.Scalars("gain/paper/linear_top1")[-1].value
+    assert logged == pytest.approx(metrics["gain"]["paper"]["linear_top1"], abs=1e-6)
 
 
 def test_saved_weights_load_into_the_encoder(digits_run):
@@ -81,7 +101,7 @@ def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     import subprocess
 
     result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "dataset: cifar10, digits, mnist" in result.stdout
+    assert result.returncode == 0 and "dataset: cifar10, digits, mnist, mnist_sample" in result.stdout
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
@@ -95,35 +115,43 @@ def test_same_seed_same_metrics_on_cpu(tmp_path):
     assert metrics[0]["paper"] == metrics[1]["paper"]
 
 
-def test_two_job_multirun_writes_the_table_and_the_tsne_grid(tmp_path):
+def test_two_job_multirun_writes_the_report(tmp_path):
     result = run_cli(["-m", *TINY, "loss=cosine_embedding,triplet", "hydra.sweep.dir=sweep"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    table = (sweep / "results.md").read_text().splitlines()
-    assert table[0].startswith("| job | dataset | aug | pairing | loss | paper.linear_top1")
-    assert len(table) == 4 and "| triplet |" in table[3] and table[3].endswith("| completed |")
+    report = (sweep / "results.md").read_text()
+    assert "One seed per scenario: no interval is possible" in report
+    scenario_rows = [line for line in report.splitlines() if line.startswith("| digits |")]
+    assert report.count("| dataset | aug | pairing | loss | seeds | paper linear |") == 1
+    assert len(scenario_rows) == 3  # two scenarios, one loss comparison
+    assert "## loss: paired differences within dataset x aug" in report
+    assert "| triplet − cosine_embedding | 1 |" in scenario_rows[2] and "±" not in scenario_rows[2]
     rows = (sweep / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("job,dataset,aug,pairing,loss,paper.linear_top1")
-    assert (sweep / "tsne_grid.png").stat().st_size > 10000
+    assert len(rows) == 3 and rows[0].startswith("job,dataset,aug,pairing,loss,seed,paper.linear_top1")
+    assert rows[1].endswith(",completed") and ",baseline.paper.linear_top1," in rows[0]
+    assert (sweep / "tsne_grid.png").stat().st_size > 10000 and (sweep / "results.png").stat().st_size > 10000
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # named by number and overrides
     assert jobs[0].startswith("0_") and jobs[0].endswith("loss=cosine_embedding") and jobs[1].startswith("1_")
 
 
-def test_cl_report_rebuilds_the_table_of_a_sweep_folder(tmp_path):
+def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path):
     sweep = run_cli(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path)
     assert sweep.returncode == 0
     (tmp_path / "s" / "results.md").unlink()
-    result = run_cli([str(tmp_path / "s")], tmp_path, module="cl_runner.report")
-    assert result.returncode == 0 and result.stdout.count("| completed |") == 2
+    result = run_cli([str(tmp_path / "s"), "--compare", "aug"], tmp_path, module="cl_runner.report")
+    assert result.returncode == 0 and "| guo − none | 1 |" in result.stdout
     assert (tmp_path / "s" / "results.md").exists()
+    assert (tmp_path / "s" / "results.csv").read_text().count(",completed") == 2
     missing = run_cli([str(tmp_path / "nowhere")], tmp_path, module="cl_runner.report")
     assert missing.returncode == 2 and "holds no cl-run job folders" in missing.stderr
+    unknown = run_cli([str(tmp_path / "s"), "--compare", "optimizer.lr"], tmp_path, module="cl_runner.report")
+    assert unknown.returncode == 2 and "--compare optimizer.lr: not a factor of this sweep" in unknown.stderr
 
 
 LOSSES = ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
 BAD_INPUTS = [
     (["loss=bogus"], f"Could not find 'loss/bogus'; choose one of: {LOSSES}"),
-    (["dataset=imagenet"], "choose one of: cifar10, digits, mnist"),
+    (["dataset=imagenet"], "choose one of: cifar10, digits, mnist, mnist_sample"),
     (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
     (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
     (["epochs=abc"], "epochs='abc' is not allowed: epochs must be an integer >= 0"),
@@ -134,7 +162,7 @@ BAD_INPUTS = [
     (["device=cpu", "precision=fp16"], "precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32"),
     (["loss=triplet", "pairing=pair"], "loss=triplet cannot train on pairing=pair: it needs pairing=triplet"),
     (["loss=cosine_embedding", "pairing=triplet"], "cannot train on pairing=triplet: it needs pairing=pair"),
-    (["loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),
+    (["loss=cosine_embedding", "loss.margin=5"], "loss.margin must lie in [-1, 1], got 5"),
     (["loss=supcon", "pairing.negatives=random"], "loss=supcon uses the class labels: it needs pairing.negatives"),
     (["loss=ntxent", "pairing=triplet"], "loss=ntxent cannot train on pairing=triplet: it needs pairing=multiview"),
     (["loss=moco", "pairing.views=3"], "loss=moco compares two views of each image: it needs pairing.views=2, not 3"),
@@ -144,9 +172,9 @@ BAD_INPUTS = [
     (["loss=ntxent", "pairing.fixed_views=true"], "pairing.fixed_views is for pairs and triplets"),
     (["optimizer=lars", "optimizer.momentum=1.5"], "LARS needs lr > 0, 0 <= momentum < 1"),
     (["schedule.lr_scaling=cubic"], "schedule.lr_scaling must be one of none, linear, sqrt"),
-    (["batch_size=5000"], "batch_size=5000 is larger than the training set (1437 images)"),
+    (["batch_size=50000"], "batch_size=50000 is larger than the training set (10000 images)"),
     (["eval.protocols=[paper,linear]"], "eval.protocols must be a non-empty list drawn from"),
-    (["eval.tsne_points=5000"], "eval.tsne_points=5000 is more than the 360 test images"),
+    (["eval.tsne_points=5000"], "eval.tsne_points=5000 is more than the 2000 test images"),
     (["checkpoint_every=-1"], "checkpoint_every must be an integer >= 0"),
     (["resume=no_such_run"], "resume=no_such_run: not a cl-run run folder"),
     (["-m", "resume=a"], "job 0: resume= continues one run; it cannot be part of a multirun"),
@@ -191,8 +219,9 @@ def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path):
     result = run_cli(["-m", *TINY, "eval.protocols=[paper]", "pairing=pair", "loss=cosine_embedding,triplet",
                       "hydra.sweep.dir=s"], tmp_path)
     assert result.returncode == 2 and "job 1: loss=triplet cannot train on pairing=pair" in result.stderr
-    table = (tmp_path / "s" / "results.md").read_text()
-    assert "| completed |" in table and "| failed |" in table
+    assert "1 of 1 jobs not completed" in (tmp_path / "s" / "results.md").read_text()
+    jobs = (tmp_path / "s" / "results.csv").read_text()
+    assert ",completed" in jobs and ",failed" in jobs
 
 
 def test_every_package_of_the_source_tree_is_installed():

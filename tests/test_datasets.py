@@ -3,7 +3,8 @@ import pickle
 import pytest
 import torch
 
-from cl_runner.data.datasets import load_split, read_cifar10, read_digits, read_mnist, verify_md5
+from cl_runner.data.datasets import (MNIST_SAMPLE, load_split, read_cifar10, read_digits, read_mnist,
+                                    read_mnist_sample, verify_md5)
 from cl_runner.errors import UserError
 
 
@@ -23,6 +24,25 @@ def test_cifar10_reader_gives_the_documented_first_labels_and_statistics(data_ro
     assert torch.bincount(train.labels).tolist() == [5000] * 10
     mean = train.images[:, :, ::4, ::4].float().mean(dim=(0, 2, 3)) / 255  # a subsample is close enough
     assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.01)
+
+
+def test_the_shipped_mnist_sample_is_the_first_images_of_mnist(data_root):
+    for split, size in (("train", 10_000), ("test", 2_000)):
+        sample, full = read_mnist_sample(split), read_mnist(data_root, split)
+        assert len(sample) == size and sample.images.dtype == torch.uint8 and sample.labels.dtype == torch.int64
+        assert torch.equal(sample.images, full.images[:size]) and torch.equal(sample.labels, full.labels[:size])
+    assert MNIST_SAMPLE.stat().st_size < 3_000_000
+    assert (MNIST_SAMPLE.parent / "MNIST_SAMPLE_NOTICE").read_text().count("CC BY-SA 3.0") >= 1
+
+
+def test_the_bare_run_uses_the_embedded_sample():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    assert cfg.dataset.name == "mnist_sample" and len(load_split(cfg.dataset.name, cfg.dataset.root, "test")) == 2000
 
 
 def test_digits_is_embedded_upsampled_and_stratified():

@@ -24,7 +24,7 @@ from cl_runner.randomness import TrainingStreams
 from cl_runner.train import Diverged, Interrupted, TrainState, make_grad_scaler, pretrain
 from conftest import DATA_ROOT, REPO, run_cli
 
-RUN = ["epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
+RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
        "optimizer=lars", "schedule=warmup_cosine", "schedule.warmup_epochs=1"]  # optimizer and schedule state too
 VOLATILE = ("timing", "environment")  # wall-clock figures differ between any two runs
 

@@ -35,6 +35,9 @@ KNOWN_MD5 = {
     "test_batch": {"40351d587109b95175f43aff81a1287e", "8fb64598be51e09880de37da69388ac6"},
 }
 MNIST_CLASSES = [str(d) for d in range(10)]
+# The embedded default: the first images of MNIST's splits, shipped in the package (scripts/make_mnist_sample.py)
+MNIST_SAMPLE = Path(__file__).with_name("mnist_sample.npz")
+MNIST_SAMPLE_SIZES = {"train": 10_000, "test": 2_000}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -60,13 +63,24 @@ class ImageSet:
 
 
 def load_split(name: str, root: str | Path, split: str, verify: bool = True) -> ImageSet:
-    """Load split `train` or `test` of data set `name` (`digits`, `mnist` or `cifar10`) from `root`;
-    `verify` checks each file's MD5 against the known intact versions first."""
-    readers = {"digits": lambda: read_digits(split), "mnist": lambda: read_mnist(Path(root), split, verify),
+    """Load split `train` or `test` of data set `name` (`mnist_sample`, `digits`, `mnist` or `cifar10`) from
+    `root`; `verify` checks each file's MD5 against the known intact versions first."""
+    readers = {"mnist_sample": lambda: read_mnist_sample(split), "digits": lambda: read_digits(split),
+               "mnist": lambda: read_mnist(Path(root), split, verify),
                "cifar10": lambda: read_cifar10(Path(root), split, verify)}
     if name not in readers:
         raise UserError(f"dataset={name} is not a known data set; choose one of {sorted(readers)}")
     return readers[name]()
+
+
+def read_mnist_sample(split: str) -> ImageSet:
+    """The MNIST sample inside the package: the first 10,000 training and 2,000 test images of MNIST."""
+    try:
+        with np.load(MNIST_SAMPLE) as arrays:
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"{MNIST_SAMPLE} is missing or damaged ({err}); reinstall cl-runner") from err
+    return ImageSet(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), MNIST_CLASSES)
 
 
 def read_digits(split: str, test_fraction: float = 0.2, side: int = 28) -> ImageSet:

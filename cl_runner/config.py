@@ -28,7 +28,7 @@ def _is_number(value) -> bool:
 
 
 RULES: list[tuple[str, Callable[[object], bool], str]] = [
-    ("seed", _is_int, "an integer"),
+    ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: evaluate the untrained encoder)"),

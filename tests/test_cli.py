@@ -155,6 +155,7 @@ BAD_INPUTS = [
     (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
     (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
     (["epochs=abc"], "epochs='abc' is not allowed: epochs must be an integer >= 0"),
+    (["seed=-1"], "seed=-1 is not allowed: seed must be an integer >= 0"),
     (["batch_size=1.5"], "batch_size must be an integer >= 1"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be a number > 0"),
     (["device=tpu"], "device must be one of auto, cpu, cuda"),

@@ -266,10 +266,10 @@ def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in figures), "train_s", "status"]
     rows = []
     for job in jobs:
-        values_ = [job.value(*f) for f in figures]
+        numbers = [job.value(*f) for f in figures]
         train_s = job.metrics.get("train", {}).get("seconds")
         rows.append([job.folder.name.split("_", 1)[0], *(job.factors.get(c, "") for c in columns),
-                     "" if job.seed is None else str(job.seed), *("" if v is None else f"{v:.4f}" for v in values_),
+                     "" if job.seed is None else str(job.seed), *("" if v is None else f"{v:.4f}" for v in numbers),
                      "" if train_s is None else f"{train_s:.1f}", job.status])
     return header, rows
 

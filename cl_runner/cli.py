@@ -3,6 +3,7 @@ User mistakes end in one line on stderr and exit code 2; HYDRA_FULL_ERROR=1 show
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sys
@@ -21,10 +22,22 @@ from cl_runner.train import Interrupted, retain_freed_memory
 
 log = logging.getLogger(__name__)
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+SWEEP_ACTIONS = {"new": "running", "done": "completed earlier with this config, its metrics reused",
+                 "resume": "interrupted earlier, resuming from its checkpoint",
+                 "restart": "stopped earlier before its first checkpoint, running again"}
 GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
 FAILED_JOBS: list[str] = []  # one line per job that ended in a user error, for the exit code and stderr
 # hydra.run.dir: the resumed run's own folder, else a new one
 OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)
+
+
+def job_folder(overrides: str, seed) -> str:
+    """A sweep job's folder name: its overrides (the seed excluded) and then its seed, e.g.
+    `aug=guo,loss=triplet,seed=1`; a '/' in a value would nest folders and is written as '%2F'."""
+    return ",".join(filter(None, [str(overrides).replace("/", "%2F"), f"seed={seed}"]))
+
+
+OmegaConf.register_new_resolver("job_folder", job_folder)
 
 
 def config_dir() -> str:
@@ -45,6 +58,16 @@ def run_from_config(cfg: DictConfig) -> dict:
                 raise UserError("resume= continues one run; it cannot be part of a multirun (-m)")
             cfg = run_folder.resumed_config(Path(cfg.resume), overrides)
         validate(cfg, choices)
+        if hydra_cfg.mode.name == "MULTIRUN":
+            action = run_folder.sweep_job_action(run_dir, cfg)
+            if action == "done":  # on the console only: the job's own log stays as it was
+                print(f"cl-run: sweep job {run_dir.name}: {SWEEP_ACTIONS[action]}", file=sys.stderr)
+                return json.loads((run_dir / "metrics.json").read_text())
+            log.info("sweep job %s: %s", run_dir.name, SWEEP_ACTIONS[action])
+            if action == "resume":
+                cfg.resume = str(run_dir)
+            elif action == "restart":
+                run_folder.forget_attempt(run_dir)
         return experiment.run(cfg, run_dir, choices, overrides)
     except run_folder.AlreadyFinished as done:
         print(f"cl-run: {done}", file=sys.stderr)
@@ -55,7 +78,8 @@ def run_from_config(cfg: DictConfig) -> dict:
         if not is_user_error(err) or os.environ.get("CL_FULL_ERROR") == "1":
             raise
         # a user error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
-        log.error(message)
+        if not isinstance(err, run_folder.OthersFolder):
+            log.error(message)
         FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
         return {"error": message}
 

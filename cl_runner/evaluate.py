@@ -81,6 +81,12 @@ def weighted_cosine_knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_
     return correct / len(test_x)
 
 
+def is_collapsed(x: np.ndarray) -> bool:
+    """Every embedding the same, up to float rounding: the representation has collapsed to one point."""
+    spread = float(np.ptp(x, axis=0).max()) if len(x) else 0.0
+    return spread <= 1e-6 * max(1.0, float(np.abs(x).max(initial=0.0)))
+
+
 def diagnostics(x: np.ndarray) -> dict:
     """Collapse indicators: RankMe (Garrido et al. 2023), the effective rank exp(entropy) of the normalized
     singular values; the mean per-dimension std of l2-normalized embeddings (Chen & He 2021; about 1/sqrt(D)
@@ -90,7 +96,8 @@ def diagnostics(x: np.ndarray) -> dict:
     p = singular / singular.sum() + 1e-12
     rankme = float(torch.exp(-(p * torch.log(p)).sum()))
     std = float(F.normalize(t, dim=1).std(dim=0).mean())
-    return {"rankme": rankme, "normalized_std": std, "uniformity": uniformity(x), "embedding_dim": int(x.shape[1])}
+    return {"rankme": rankme, "normalized_std": std, "uniformity": uniformity(x), "embedding_dim": int(x.shape[1]),
+            "collapsed": is_collapsed(x)}
 
 
 def uniformity(x: np.ndarray, t: float = 2.0) -> float:

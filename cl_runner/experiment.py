@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
                        device: torch.device, precision: str, stop_signal: Callable[[], int | None]) -> dict:
     """The run's work in its folder: data, pretraining (from the checkpoint on resume), evaluation, t-SNE,
-    figures and weights, metrics.json last."""
+    figures and weights; metrics.json as soon as the figures exist, and again with the whole timing at the end."""
     started = time.perf_counter()
     seed_everything(cfg.seed)
     log.info("run folder %s, device %s (%s), scenario %s", run_dir, device, precision, choices)
@@ -113,6 +113,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
+        if not np.isfinite(test_x).all():
+            raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
+                            f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
         metrics = evaluate_encoder(cfg, parts.encoder, train, test, test_x)
         metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
@@ -124,6 +127,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             metrics["gain"] = gains(metrics, metrics["baseline"])
             timing["baseline_s"] = time.perf_counter() - tick
             stop_if_signalled()
+        metrics.update(run_record(cfg, choices, stats, timing, device, precision))
+        export.write_json(run_dir / "metrics.json", metrics)  # as soon as the figures exist; again at the end
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         export.log_hparams(writer, hyperparameters(cfg, choices, precision), final_figures(metrics), stats.steps)
     stop_if_signalled()
@@ -136,18 +141,19 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     export.save_weights(parts.encoder, run_dir / "encoder.pt")
     timing["export_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
-    metrics.update(
-        scenario=dict(choices),
-        seed=cfg.seed,
-        train={"seconds": stats.seconds, "steps": stats.steps, "tuples": stats.tuples, "images": stats.images,
-               "tuples_per_s": stats.tuples_per_second, "images_per_s": stats.images_per_second,
-               "epoch_losses": stats.epoch_losses},
-        timing=timing,
-        environment={"device": str(device), "device_name": device_name(device), "precision": precision,
-                     "torch": torch.__version__, "threads": torch.get_num_threads()},
-    )
     export.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def run_record(cfg: DictConfig, choices: dict, stats, timing: dict, device: torch.device, precision: str) -> dict:
+    """What metrics.json says of the run beside its figures: scenario, seed, training, timing, environment."""
+    return {"scenario": dict(choices), "seed": cfg.seed,
+            "train": {"seconds": stats.seconds, "steps": stats.steps, "tuples": stats.tuples, "images": stats.images,
+                      "tuples_per_s": stats.tuples_per_second, "images_per_s": stats.images_per_second,
+                      "epoch_losses": stats.epoch_losses},
+            "timing": timing,
+            "environment": {"device": str(device), "device_name": device_name(device), "precision": precision,
+                            "torch": torch.__version__, "threads": torch.get_num_threads()}}
 
 
 def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tuple[ImageSet, ImageSet]:
@@ -275,6 +281,9 @@ def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choice
         log.info("eval.tsne_points=%d but the test set has %d images: using %d", cfg.eval.tsne_points,
                  len(test_x), points)
     if points < 2:
+        return 0.0
+    if evaluate.is_collapsed(test_x[:points]):  # scikit-learn's t-SNE can crash on identical points
+        log.warning("t-SNE skipped: every test embedding is the same (the encoder has collapsed)")
         return 0.0
     tick = time.perf_counter()
     labels = test.labels[:points].cpu().numpy()

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Job:
     metrics: dict
     seed: int | None
     factors: dict[str, str] = field(default_factory=dict)
+    started: str = ""
 
     @property
     def completed(self) -> bool:
@@ -63,9 +65,9 @@ class Job:
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job folder under `sweep_dir` (one holding a status.json), in job-number order."""
+    """Every job folder under `sweep_dir` (one holding a status.json), in the order the jobs first started."""
     jobs = []
-    for status_file in sorted(sweep_dir.glob(f"*/{run_folder.STATUS_FILE}"), key=lambda p: _job_number(p.parent)):
+    for status_file in sorted(sweep_dir.glob(f"*/{run_folder.STATUS_FILE}")):
         folder = status_file.parent
         status = run_folder.read_status(folder) or {}
         metrics = _read(folder / "metrics.json", json.loads) or {}
@@ -78,8 +80,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
             if key not in choices and key not in NOT_FACTORS and not key.startswith("hydra."):
                 factors[key] = value
         jobs.append(Job(folder, status.get("status", "unknown"), metrics, metrics.get("seed", config.get("seed")),
-                        factors))
-    return jobs
+                        factors, status.get("started", "")))
+    return sorted(jobs, key=lambda j: (j.started or "~", j.folder.name))  # never started (refused): last
 
 
 def _read(path: Path, parse):
@@ -87,11 +89,6 @@ def _read(path: Path, parse):
         return parse(path.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-
-
-def _job_number(folder: Path) -> tuple[int, str]:
-    head = folder.name.split("_", 1)[0]
-    return (int(head), folder.name) if head.isdigit() else (sys.maxsize, folder.name)
 
 
 def factor_columns(jobs: list[Job]) -> list[str]:
@@ -148,6 +145,9 @@ def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
 
 def _note(group: list[Job], done: list[Job], gains: list[Interval]) -> str:
     notes = []
+    collapsed = sum(bool(j.metrics.get("diagnostics", {}).get("collapsed")) for j in done)
+    if collapsed:
+        notes.append(f"collapsed in {collapsed} of {len(done)} runs (every embedding equal)")
     if len(done) < len(group):
         notes.append(f"{len(group) - len(done)} of {len(group)} jobs not completed")
     for (protocol, name), gain in zip(HEADLINE, gains):
@@ -268,7 +268,7 @@ def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     for job in jobs:
         numbers = [job.value(*f) for f in figures]
         train_s = job.metrics.get("train", {}).get("seconds")
-        rows.append([job.folder.name.split("_", 1)[0], *(job.factors.get(c, "") for c in columns),
+        rows.append([job.folder.name, *(job.factors.get(c, "") for c in columns),
                      "" if job.seed is None else str(job.seed), *("" if v is None else f"{v:.4f}" for v in numbers),
                      "" if train_s is None else f"{train_s:.1f}", job.status])
     return header, rows
@@ -414,12 +414,27 @@ def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
     return sweep_dir / "results.md"
 
 
+def rerun_command(config: DictConfig) -> str:
+    """The command that runs this sweep again in its folder: done jobs are skipped, interrupted ones resumed,
+    failed ones rerun; with more values it grows the sweep."""
+    hydra_overrides = [o for o in config.hydra.overrides.hydra
+                       if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    words = [*config.hydra.overrides.task, *hydra_overrides, f"hydra.sweep.dir={Path(config.hydra.sweep.dir)}"]
+    return "cl-run -m " + " ".join(shlex.quote(w) for w in words)
+
+
 class SweepReportCallback(Callback):
-    """At the end of a multirun, the sweep's report."""
+    """At the start of a multirun, the command that resumes it; at its end, the sweep's report and that
+    command again."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        log.info("sweep folder %s; to resume or extend this sweep, run: %s", config.hydra.sweep.dir,
+                 rerun_command(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path = build_report(Path(config.hydra.sweep.dir))
-        log.info("sweep report: %s\n%s", path, path.read_text())
+        log.info("sweep report: %s\n%s\nto resume or extend this sweep, run: %s", path, path.read_text(),
+                 rerun_command(config))
 
 
 def main(argv: list[str] | None = None) -> None:

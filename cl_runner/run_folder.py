@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from cl_runner.errors import UserError
 from cl_runner.export import write_bytes_atomic, write_json
 
 STATUS_FILE = "status.json"
+
+
+class OthersFolder(UserError):
+    """The folder holds another run (or another config's run): nothing may be written into it, not even a log
+    line."""
 
 
 class AlreadyFinished(Exception):
@@ -56,7 +62,7 @@ def claim(run_dir: Path, scenario: dict, config: DictConfig, overrides: list[str
         write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
         write_bytes_atomic(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
     except FileExistsError:
-        raise UserError(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
+        raise OthersFolder(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
     except OSError as err:
         raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
 
@@ -72,6 +78,56 @@ def take_over(run_dir: Path) -> dict:
         raise UserError(f"resume={run_dir}: that folder holds no {CHECKPOINT_FILE} to continue from")
     write_json(run_dir / STATUS_FILE, {**status, "status": "running", "resumed": _now(), "pid": os.getpid()})
     return status.get("scenario", {})
+
+
+def sweep_job_action(run_dir: Path, config: DictConfig) -> str:
+    """What a sweep that runs again does with one job's folder: `new` (nothing there yet), `done` (completed
+    with this very config: its metrics are reused, its files untouched), `resume` (interrupted, failed or killed
+    after a checkpoint), `restart` (failed or killed before its first checkpoint). A folder that holds another
+    config, or a job still running in another process, is refused."""
+    status = read_status(run_dir)
+    if status is None:
+        return "new"
+    if not (run_dir / "config.yaml").is_file():  # it failed before holding the folder (a config refused)
+        return "restart"
+    differing = config_differences(run_dir, config)
+    if differing:
+        raise OthersFolder(f"{run_dir} holds a run of another config ({', '.join(differing[:3])}"
+                        f"{', ...' if len(differing) > 3 else ''}); give this sweep another hydra.sweep.dir")
+    if status.get("status") == "running" and _alive(status.get("pid")):
+        raise OthersFolder(f"{run_dir} is being run by another process (pid {status['pid']})")
+    if status.get("status") == "completed" and (run_dir / "metrics.json").is_file():
+        return "done"
+    return "resume" if (run_dir / CHECKPOINT_FILE).is_file() else "restart"
+
+
+def config_differences(run_dir: Path, config: DictConfig) -> list[str]:
+    """The keys (dotted) whose resolved values differ between `config` and the config saved in `run_dir`."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ["its config.yaml is unreadable"]
+    ours = OmegaConf.to_container(config, resolve=True)
+    saved_leaves, our_leaves = _leaves(saved), _leaves(ours)
+    return sorted(f"{key}={saved_leaves.get(key)!r} there, {our_leaves.get(key)!r} here"
+                  for key in saved_leaves.keys() | our_leaves.keys()
+                  if key != "resume" and saved_leaves.get(key) != our_leaves.get(key))
+
+
+def _leaves(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_leaves(value, f"{prefix}{key}."))
+    return flat
+
+
+def forget_attempt(run_dir: Path) -> None:
+    """Clear a failed or killed attempt that left no checkpoint (status and TensorBoard events; nothing it
+    could continue from), so the job starts again from nothing in its own folder."""
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    (run_dir / STATUS_FILE).unlink()
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:

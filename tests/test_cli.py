@@ -130,8 +130,9 @@ def test_two_job_multirun_writes_the_report(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("job,dataset,aug,pairing,loss,seed,paper.linear_top1")
     assert rows[1].endswith(",completed") and ",baseline.paper.linear_top1," in rows[0]
     assert (sweep / "tsne_grid.png").stat().st_size > 10000 and (sweep / "results.png").stat().st_size > 10000
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # named by number and overrides
-    assert jobs[0].startswith("0_") and jobs[0].endswith("loss=cosine_embedding") and jobs[1].startswith("1_")
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # named by scenario and seed
+    assert jobs == [f"batch_size=64,dataset=digits,epochs=1,eval.tsne_points=60,log_every=2,loss={loss},seed=0"
+                    for loss in ("cosine_embedding", "triplet")]
 
 
 def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path):

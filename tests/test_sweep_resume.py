@@ -1,0 +1,107 @@
+"""A sweep run again in its folder: completed jobs are skipped untouched, interrupted ones resume from their
+checkpoint, failed ones run again, new values add jobs; a folder holding another config is refused."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import DATA_ROOT, run_cli
+
+SWEEP = ["-m", "dataset=digits", "batch_size=32", "eval.tsne_points=0", "eval.protocols=[paper]", "log_every=5",
+         "loss=cosine_embedding,triplet", "aug=none,guo"]
+FOLDER = "aug={aug},batch_size=32,dataset=digits,epochs={epochs},eval.protocols=[paper],eval.tsne_points=0," \
+         "log_every=5,loss={loss},seed=0"
+ORDER = [("none", "cosine_embedding"), ("guo", "cosine_embedding"), ("none", "triplet"), ("guo", "triplet")]
+
+
+def job(sweep: Path, aug: str, loss: str, epochs: int = 3) -> Path:
+    return sweep / FOLDER.format(aug=aug, loss=loss, epochs=epochs)
+
+
+def table(sweep: Path) -> list[dict]:
+    """results.csv without the wall-clock column."""
+    with open(sweep / "results.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "train_s"} for row in csv.DictReader(fh)]
+
+
+def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_a_killed_sweep_run_again_skips_done_jobs_resumes_the_interrupted_one_and_runs_the_rest(tmp_path):
+    args = [*SWEEP, "epochs=3", "hydra.sweep.dir=sweep"]
+    assert run_cli([*args[:-1], "hydra.sweep.dir=reference"], tmp_path).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path,
+                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    third = job(tmp_path / "sweep", *ORDER[2])
+    deadline = time.monotonic() + 300
+    while not (third / "checkpoint.pt").exists():  # job 3 has finished its first epoch
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((third / "status.json").read_text())["status"] == "running"  # killed mid-run
+    done = {aug_loss: files_of(job(tmp_path / "sweep", *aug_loss)) for aug_loss in ORDER[:2]}
+
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for aug_loss, files in done.items():  # not retrained: every file as it was
+        assert files_of(job(tmp_path / "sweep", *aug_loss)) == files
+    log = again.stdout + again.stderr
+    assert log.count("completed earlier with this config, its metrics reused") == 2
+    assert log.count("interrupted earlier, resuming from its checkpoint") == 1
+    assert "resuming from" in (third / "cl_run.log").read_text()
+    assert table(tmp_path / "sweep") == [{**row, "job": row["job"]} for row in table(tmp_path / "reference")]
+    assert "to resume or extend this sweep, run: cl-run -m" in log and "hydra.sweep.dir=sweep" in log
+
+
+def test_a_grown_sweep_runs_only_its_new_jobs(tmp_path):
+    first = run_cli([*SWEEP[:-1], "aug=none", "epochs=1", "hydra.sweep.dir=s"], tmp_path)
+    assert first.returncode == 0
+    before = {loss: files_of(job(tmp_path / "s", "none", loss, epochs=1)) for loss in ("cosine_embedding", "triplet")}
+    grown = run_cli([*SWEEP, "epochs=1", "seed=0,1", "hydra.sweep.dir=s"], tmp_path)
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    log = grown.stdout + grown.stderr
+    assert log.count("its metrics reused") == 2 and log.count(": running") == 6
+    for loss, files in before.items():
+        assert files_of(job(tmp_path / "s", "none", loss, epochs=1)) == files
+    rows = table(tmp_path / "s")
+    assert len(rows) == 8 and {r["seed"] for r in rows} == {"0", "1"} and {r["status"] for r in rows} == {"completed"}
+
+
+def test_a_job_that_failed_before_its_first_checkpoint_runs_again(tmp_path):
+    args = [*SWEEP[:-2], "loss=triplet", "aug=none", "epochs=1", "hydra.sweep.dir=s"]
+    assert run_cli(args, tmp_path).returncode == 0
+    folder = job(tmp_path / "s", "none", "triplet", epochs=1)
+    status = json.loads((folder / "status.json").read_text())
+    (folder / "status.json").write_text(json.dumps({**status, "status": "failed", "error": "a crash"}))
+    for name in ("metrics.json", "checkpoint.pt"):
+        (folder / name).unlink()
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0 and "stopped earlier before its first checkpoint, running again" in again.stdout
+    assert json.loads((folder / "status.json").read_text())["status"] == "completed"
+    assert (folder / "metrics.json").is_file()
+
+
+def test_a_folder_holding_another_config_is_never_overwritten(tmp_path):
+    args = [*SWEEP[:-2], "loss=triplet", "aug=none", "epochs=1", "hydra.sweep.dir=s"]
+    assert run_cli(args, tmp_path).returncode == 0
+    folder = job(tmp_path / "s", "none", "triplet", epochs=1)
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    saved["optimizer"]["lr"] = 0.5  # as if the experiment's YAML had changed since
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = files_of(folder)
+    again = run_cli(args, tmp_path)
+    lines = [line for line in again.stderr.splitlines() if line.startswith("cl-run: error:")]
+    assert again.returncode == 2 and len(lines) == 1
+    assert "holds a run of another config (optimizer.lr=0.5 there, 0.05 here); give this sweep another " \
+           "hydra.sweep.dir" in lines[0]
+    assert files_of(folder) == before

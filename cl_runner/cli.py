@@ -105,12 +105,21 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, (UserError, HydraException, OmegaConfBaseException))
 
 
+def check_output_folders(args: list[str]) -> None:
+    """The run or sweep folder named on the command line can be written (checked before Hydra creates it)."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            run_folder.check_writable(Path(value))
+
+
 def main() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["CL_FULL_ERROR"] = "1" if full_trace else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     retain_freed_memory()
     try:
+        check_output_folders(sys.argv[1:])
         run_from_config()
     except Interrupted as stop:
         print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "

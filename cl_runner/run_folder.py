@@ -176,3 +176,15 @@ def record_interruption(run_dir: Path, signum: int) -> None:
 def record_completion(run_dir: Path) -> None:
     status = read_status(run_dir) or {}
     write_json(run_dir / STATUS_FILE, {**status, "status": "completed", "finished": _now()})
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and check that files can be written there, before Hydra makes it (Hydra's own
+    mkdir failing would end in a traceback, and its callbacks' errors only warn); nothing is written into it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder {folder}: {err.strerror}") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into the folder {folder}: it is read-only or not ours")
+

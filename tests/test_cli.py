@@ -181,6 +181,8 @@ BAD_INPUTS = [
     (["resume=no_such_run"], "resume=no_such_run: not a cl-run run folder"),
     (["-m", "resume=a"], "job 0: resume= continues one run; it cannot be part of a multirun"),
     (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
+    (["hydra.run.dir=/proc/x"], "cannot create the folder /proc/x: No such file or directory"),
+    (["-m", "hydra.sweep.dir=/proc/y"], "cannot create the folder /proc/y: No such file or directory"),
 ]
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,10 @@ def config_dir() -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run_from_config(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
+    retain_freed_memory()  # again: a launcher may run the job in a process of its own
+    threads = job_threads(hydra_cfg.launcher)
+    if threads:
+        torch.set_num_threads(threads)
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -82,6 +87,17 @@ def run_from_config(cfg: DictConfig) -> dict:
             log.error(message)
         FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
         return {"error": message}
+
+
+def job_threads(launcher: DictConfig) -> int | None:
+    """Torch threads for one job when a launcher runs several at once, so that they share the cores instead of
+    each taking them all: the cores over joblib's `n_jobs` (negative: as joblib counts), or submitit's
+    `cpus_per_task`. None: leave torch's default."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if launcher.get("n_jobs") is not None:
+        n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
+        return max(1, cores // n_jobs)
+    return launcher.get("cpus_per_task")
 
 
 def one_line(err: BaseException) -> str:

@@ -77,6 +77,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
             metrics = train_and_evaluate(cfg, run_dir, choices, overrides, device, precision, stop_signal)
     except Interrupted as stop:
         run_folder.record_interruption(run_dir, stop.signum)
+        stop_signal.hand_on(stop.signum)  # a cluster's warning: its launcher requeues the job (and exits)
         raise
     run_folder.record_completion(run_dir)
     log.info("done in %.1f s: %s", metrics["timing"]["total_s"], summary_line(metrics))

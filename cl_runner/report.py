@@ -65,7 +65,8 @@ class Job:
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job folder under `sweep_dir` (one holding a status.json), in the order the jobs first started."""
+    """Every job folder under `sweep_dir` (one holding a status.json), in the sweep's order of values (from its
+    multirun.yaml), then by seed; jobs of no known order follow in the order they started."""
     jobs = []
     for status_file in sorted(sweep_dir.glob(f"*/{run_folder.STATUS_FILE}")):
         folder = status_file.parent
@@ -81,7 +82,28 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
                 factors[key] = value
         jobs.append(Job(folder, status.get("status", "unknown"), metrics, metrics.get("seed", config.get("seed")),
                         factors, status.get("started", "")))
-    return sorted(jobs, key=lambda j: (j.started or "~", j.folder.name))  # never started (refused): last
+    order = sweep_order(sweep_dir)
+    jobs.sort(key=lambda j: (j.started or "~", j.folder.name))  # never started (a refused config): last
+    first_seen = {id(j): i for i, j in enumerate(jobs)}
+
+    def rank(job: Job) -> tuple:
+        places = [order[k].index(v) if v in order.get(k, []) else len(order.get(k, [])) for k, v in
+                  sorted(job.factors.items(), key=lambda kv: list(order).index(kv[0]) if kv[0] in order else 99)]
+        return (*places, job.seed if isinstance(job.seed, int) else 0, first_seen[id(job)])
+
+    return sorted(jobs, key=rank) if order else jobs
+
+
+def sweep_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """The values each swept key takes, in the order the sweep lists them (the experiment's sweeper params and
+    the command line's `key=a,b,c`), from the multirun.yaml Hydra writes into the sweep folder."""
+    hydra_cfg = (_read(sweep_dir / "multirun.yaml", yaml.safe_load) or {}).get("hydra", {})
+    swept = dict(hydra_cfg.get("sweeper", {}).get("params") or {})
+    for override in hydra_cfg.get("overrides", {}).get("task", []):
+        key, _, value = override.partition("=")
+        swept[key] = value
+    return {key: [v.strip() for v in str(value).split(",")] for key, value in swept.items()
+            if "," in str(value) and key not in NOT_FACTORS}
 
 
 def _read(path: Path, parse):

@@ -71,14 +71,27 @@ class Diverged(UserError):
 
 class SignalStop:
     """While active, SIGINT and SIGTERM only set a flag, so the loop can finish its step and checkpoint;
-    calling the object returns the signal received (or None). A second Ctrl-C stops at once."""
+    calling the object returns the signal received (or None). A second Ctrl-C stops at once.
+
+    Under a cluster launcher that handles SIGUSR2 itself (submitit: SLURM's warning before a time limit or a
+    preemption), SIGUSR2 stops the run the same way, and `hand_on` then passes it to that handler, which requeues
+    the job; the requeued job resumes from the checkpoint."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    CLUSTER_SIGNAL = signal.SIGUSR2
 
     def __enter__(self) -> "SignalStop":
         self.signum = None
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        if callable(signal.getsignal(self.CLUSTER_SIGNAL)):  # a Python handler: a launcher's own
+            self.previous[self.CLUSTER_SIGNAL] = signal.signal(self.CLUSTER_SIGNAL, self._handle)
         return self
+
+    def hand_on(self, signum: int) -> None:
+        """Pass the cluster's warning signal to the launcher's handler (after the run has checkpointed)."""
+        handler = self.previous.get(signum)
+        if signum == self.CLUSTER_SIGNAL and callable(handler):
+            handler(signum, None)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:

@@ -1,0 +1,60 @@
+"""Sweeps through Hydra's launcher plugins, in real subprocesses: joblib's local parallel jobs and submitit's
+local executor (the same code path as SLURM), including a job interrupted by submitit's own warning signal,
+requeued, and resumed to the metrics of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import DATA_ROOT, run_cli
+
+SWEEP = ["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0", "eval.protocols=[paper]",
+         "loss=cosine_embedding,triplet"]
+
+
+def completed_jobs(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+
+
+def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_sharing_the_cores(tmp_path):
+    result = run_cli([*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = completed_jobs(tmp_path / "s")
+    cores = len(os.sched_getaffinity(0))
+    assert len(jobs) == 2 and {j["environment"]["threads"] for j in jobs} == {max(1, cores // 2)}
+    assert "| triplet − cosine_embedding |" in (tmp_path / "s" / "results.md").read_text()
+
+
+def test_a_submitit_local_sweep_completes_with_its_report(tmp_path):
+    result = run_cli([*SWEEP, "hydra/launcher=submitit_local", "hydra.sweep.dir=s"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(completed_jobs(tmp_path / "s")) == 2 and (tmp_path / "s" / "results.md").is_file()
+
+
+def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_metrics(tmp_path):
+    args = ["-m", "hydra/launcher=submitit_local", "dataset=digits", "loss=triplet", "epochs=4", "batch_size=32",
+            "eval.tsne_points=0", "eval.protocols=[paper]"]
+    assert run_cli([*args, "hydra.sweep.dir=reference"], tmp_path).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args, "hydra.sweep.dir=s"], cwd=tmp_path,
+                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "s").glob("*/checkpoint.pt")):  # the job has finished its first epoch
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    (status,) = list((tmp_path / "s").glob("*/status.json"))
+    os.kill(json.loads(status.read_text())["pid"], signal.SIGUSR2)  # SLURM's warning, to the job's process
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
+    (job,) = [p.parent for p in (tmp_path / "s").glob("*/status.json")]
+    log = (job / "cl_run.log").read_text()
+    assert "interrupted earlier, resuming from its checkpoint" in log and "resuming from" in log
+    assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    (reference,) = completed_jobs(tmp_path / "reference")
+    (resumed,) = completed_jobs(tmp_path / "s")
+    for key in ("paper", "baseline", "gain"):
+        assert resumed[key] == reference[key], key
+    assert resumed["train"]["epoch_losses"] == reference["train"]["epoch_losses"]

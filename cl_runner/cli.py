@@ -80,10 +80,14 @@ def run_from_config(cfg: DictConfig) -> dict:
     except Exception as err:
         message = one_line(err)
         run_folder.record_failure(run_dir, message, choices)
-        if not is_user_error(err) or os.environ.get("CL_FULL_ERROR") == "1":
+        in_sweep = hydra_cfg.mode.name == "MULTIRUN"
+        if os.environ.get("CL_FULL_ERROR") == "1" or not (is_user_error(err) or in_sweep):
             raise
-        # a user error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
-        if not isinstance(err, run_folder.OthersFolder):
+        # an error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
+        if not is_user_error(err):  # a bug: its traceback goes into the job's own log
+            log.exception("this job crashed (a bug in cl-run or in the code it runs): %s", message)
+            message = f"crashed with {type(err).__name__}: {message} (traceback in {run_dir / 'cl_run.log'})"
+        elif not isinstance(err, run_folder.OthersFolder):
             log.error(message)
         FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
         return {"error": message}

@@ -58,3 +58,18 @@ def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_m
     for key in ("paper", "baseline", "gain"):
         assert resumed[key] == reference[key], key
     assert resumed["train"]["epoch_losses"] == reference["train"]["epoch_losses"]
+
+
+def test_a_job_that_crashes_from_a_bug_is_recorded_failed_and_the_others_go_on(tmp_path):
+    crashing = "loss._target_=cl_runner.losses.TripletMarginLoss,crashing_loss.CrashingLoss"
+    result = run_cli(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0", "loss=triplet",
+                      crashing, "hydra.sweep.dir=s"], tmp_path,
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                      os.environ.get("PYTHONPATH")]))})
+    assert result.returncode == 2 and "job 1: crashed with RuntimeError: a bug in a loss (traceback in" in result.stderr
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/status.json")}
+    (crashed,) = [name for name, s in statuses.items() if s["status"] == "failed"]
+    assert sum(s["status"] == "completed" for s in statuses.values()) == 1
+    log = (tmp_path / "s" / crashed / "cl_run.log").read_text()
+    assert "Traceback" in log and "RuntimeError: a bug in a loss" in log
+    assert ",failed" in (tmp_path / "s" / "results.csv").read_text()

@@ -163,6 +163,11 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tu
                    for split in ("train", "test"))
     train = train.head(cfg.dataset.train_subset).to(device)
     test = test.head(cfg.dataset.test_subset).to(device)
+    channels, side = train.images.shape[1], train.images.shape[-1]
+    if (cfg.dataset.channels, cfg.dataset.image_size) != (channels, side):
+        raise UserError(f"dataset.channels={cfg.dataset.channels} and dataset.image_size={cfg.dataset.image_size} "
+                        f"do not match the data: dataset={cfg.dataset.name} has {channels}-channel images of side "
+                        f"{side}")
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
     if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):

@@ -54,8 +54,8 @@ class ProjectionHead(nn.Sequential):
     Linear last. `dims` lists the input, hidden and output sizes, e.g. [512, 2048, 128]."""
 
     def __init__(self, dims: list[int]):
-        if len(dims) < 2:
-            raise ValueError(f"encoder.projector needs at least an output size, got {dims[1:]}")
+        if len(dims) < 2 or not all(isinstance(d, int) and d >= 1 for d in dims[1:]):
+            raise ValueError(f"encoder.projector needs sizes (integers >= 1) ending in the output size, got {dims[1:]}")
         layers: list[nn.Module] = []
         for cin, cout in zip(dims[:-2], dims[1:-1]):
             layers += [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]

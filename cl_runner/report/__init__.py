@@ -1,0 +1,91 @@
+"""A sweep folder -> the comparison a scientist can read: per scenario (every choice and override but the seed)
+the mean over seeds with its 95% confidence interval, the gain over the random initialization, paired
+differences between scenarios that share their seeds' random draws, one figure of it all, and a t-SNE grid.
+Runs at the end of `cl-run -m` (a Hydra callback) and as `cl-report DIR`.
+
+Files: results.md (scenarios and comparisons), results.csv (one row per job, with its seed), scenarios.csv
+(mean and interval per metric), comparisons.csv, results.png, tsne_grid.png."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cl_runner import export
+from cl_runner.report.comparisons import default_factors
+from cl_runner.report.figures import save_results_png, save_tsne_grid
+from cl_runner.report.jobs import factor_columns, load_jobs
+from cl_runner.report.tables import comparison_table, csv_table, interval_table, job_table, report_markdown
+
+log = logging.getLogger(__name__)
+
+
+def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
+    """Write the report's files into `sweep_dir` (see the module's docstring); `compare`: the factors whose
+    levels are compared pairwise (default: every factor that varies, but the data set). Returns results.md."""
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir} holds no cl-run job folders (none has a status.json)")
+    known = factor_columns(jobs)
+    unknown = [f for f in compare or [] if f not in known]
+    if unknown:
+        raise ValueError(f"--compare {', '.join(unknown)}: not a factor of this sweep; it has {', '.join(known)}")
+    factors = default_factors(jobs) if compare is None else compare
+    write = export.write_bytes_atomic
+    write(sweep_dir / "results.md", report_markdown(sweep_dir, jobs, factors).encode())
+    write(sweep_dir / "results.csv", csv_table(*job_table(jobs)).encode())
+    write(sweep_dir / "scenarios.csv", csv_table(*interval_table(jobs)).encode())
+    comparisons = [(f, comparison_table(jobs, f)) for f in factors]
+    rows = [[f, *row] for f, (_, table) in comparisons for row in table]
+    if rows:
+        header = ["factor", *[h for h in comparisons[0][1][0]]]
+        write(sweep_dir / "comparisons.csv", csv_table(header, rows).encode())
+    save_results_png(sweep_dir / "results.png", jobs)
+    save_tsne_grid(sweep_dir / "tsne_grid.png", jobs)
+    return sweep_dir / "results.md"
+
+
+def rerun_command(config: DictConfig) -> str:
+    """The command that runs this sweep again in its folder: done jobs are skipped, interrupted ones resumed,
+    failed ones rerun; with more values it grows the sweep."""
+    hydra_overrides = [o for o in config.hydra.overrides.hydra
+                       if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    words = [*config.hydra.overrides.task, *hydra_overrides, f"hydra.sweep.dir={Path(config.hydra.sweep.dir)}"]
+    return "cl-run -m " + " ".join(shlex.quote(w) for w in words)
+
+
+class SweepReportCallback(Callback):
+    """At the start of a multirun, the command that resumes it; at its end, the sweep's report and that
+    command again."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        log.info("sweep folder %s; to resume or extend this sweep, run: %s", config.hydra.sweep.dir,
+                 rerun_command(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = build_report(Path(config.hydra.sweep.dir))
+        log.info("sweep report: %s\n%s\nto resume or extend this sweep, run: %s", path, path.read_text(),
+                 rerun_command(config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cl-report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a folder made by `cl-run -m ...`")
+    parser.add_argument("--compare", action="append", metavar="FACTOR",
+                        help="compare the levels of this factor (a config group such as loss or aug, or an "
+                             "overridden key) within every combination of the others; repeatable")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.sweep_dir, args.compare)
+    except (FileNotFoundError, json.JSONDecodeError, OSError, ValueError) as err:
+        print(f"cl-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(path.read_text(), end="")
+

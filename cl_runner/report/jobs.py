@@ -1,0 +1,123 @@
+"""A sweep's jobs as the report reads them: each job folder's status, metrics, seed and the factors that define
+its scenario, in the sweep's own order."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cl_runner import run_folder
+
+SCENARIO_GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
+ALWAYS_SHOWN = ("dataset", "aug", "loss")
+NOT_FACTORS = ("seed", "resume")  # overrides that do not define a scenario
+METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_top1"),
+           ("standard", "linear_top1"), ("standard", "linear_top3"), ("standard", "knn_top1"),
+           ("standard", "cosine_knn_top1")]
+SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear_top1"), ("standard", "knn_top1"),
+           ("standard", "cosine_knn_top1")]
+HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
+NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN"}
+
+
+
+@dataclass
+class Job:
+    """One job folder of the sweep: its status, metrics, seed and the factors that define its scenario (the
+    config group choices and the command line's other overrides, the seed excluded)."""
+
+    folder: Path
+    status: str
+    metrics: dict
+    seed: int | None
+    factors: dict[str, str] = field(default_factory=dict)
+    started: str = ""
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed" and bool(self.metrics)
+
+    def value(self, section: str, protocol: str, name: str) -> float | None:
+        """metrics[protocol][name] (section ""), or the same figure of `baseline` or `gain`."""
+        source = self.metrics.get(section, {}) if section else self.metrics
+        value = source.get(protocol, {}).get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job folder under `sweep_dir` (one holding a status.json), in the sweep's order of values (from its
+    multirun.yaml), then by seed; jobs of no known order follow in the order they started."""
+    jobs = []
+    for status_file in sorted(sweep_dir.glob(f"*/{run_folder.STATUS_FILE}")):
+        folder = status_file.parent
+        status = run_folder.read_status(folder) or {}
+        metrics = _read(folder / "metrics.json", json.loads) or {}
+        choices = metrics.get("scenario") or status.get("scenario") or {}
+        config = _read(folder / "config.yaml", yaml.safe_load) or {}
+        overrides = _read(folder / "overrides.yaml", yaml.safe_load) or []
+        factors = dict(choices)
+        for override in overrides:
+            key, _, value = override.lstrip("+~").partition("=")
+            if key not in choices and key not in NOT_FACTORS and not key.startswith("hydra."):
+                factors[key] = value
+        jobs.append(Job(folder, status.get("status", "unknown"), metrics, metrics.get("seed", config.get("seed")),
+                        factors, status.get("started", "")))
+    order = sweep_order(sweep_dir)
+    jobs.sort(key=lambda j: (j.started or "~", j.folder.name))  # never started (a refused config): last
+    first_seen = {id(j): i for i, j in enumerate(jobs)}
+
+    def rank(job: Job) -> tuple:
+        places = [order[k].index(v) if v in order.get(k, []) else len(order.get(k, [])) for k, v in
+                  sorted(job.factors.items(), key=lambda kv: list(order).index(kv[0]) if kv[0] in order else 99)]
+        return (*places, job.seed if isinstance(job.seed, int) else 0, first_seen[id(job)])
+
+    return sorted(jobs, key=rank) if order else jobs
+
+
+def sweep_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """The values each swept key takes, in the order the sweep lists them (the experiment's sweeper params and
+    the command line's `key=a,b,c`), from the multirun.yaml Hydra writes into the sweep folder."""
+    hydra_cfg = (_read(sweep_dir / "multirun.yaml", yaml.safe_load) or {}).get("hydra", {})
+    swept = dict(hydra_cfg.get("sweeper", {}).get("params") or {})
+    for override in hydra_cfg.get("overrides", {}).get("task", []):
+        key, _, value = override.partition("=")
+        swept[key] = value
+    return {key: [v.strip() for v in str(value).split(",")] for key, value in swept.items()
+            if "," in str(value) and key not in NOT_FACTORS}
+
+
+def _read(path: Path, parse):
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def factor_columns(jobs: list[Job]) -> list[str]:
+    """The factors shown: dataset, aug and loss, and every other one that varies across the sweep."""
+    names = [g for g in SCENARIO_GROUPS if any(g in j.factors for j in jobs)]
+    names += sorted({k for j in jobs for k in j.factors} - set(names))
+    return [n for n in names if n in ALWAYS_SHOWN or len({j.factors.get(n) for j in jobs}) > 1]
+
+
+def scenarios(jobs: list[Job]) -> dict[tuple, list[Job]]:
+    """Jobs grouped by scenario (all factors), in order of first appearance."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(sorted(job.factors.items())), []).append(job)
+    return groups
+
+
+def values(jobs: list[Job], section: str, protocol: str, name: str) -> list[float]:
+    found = [j.value(section, protocol, name) for j in jobs if j.completed]
+    return [v for v in found if v is not None]
+
+
+
+
+def label(protocol: str, name: str) -> str:
+    return f"{protocol} {NAMES.get(name, name)}"
+
+

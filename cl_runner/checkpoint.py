@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cl_runner.export import write_bytes_atomic
+from cl_runner.io import write_bytes_atomic
 from cl_runner.randomness import TrainingStreams
 from cl_runner.train import TrainState, TrainStats
 

@@ -19,7 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_runner import experiment, run_folder
 from cl_runner.config import validate
 from cl_runner.errors import UserError
-from cl_runner.train import Interrupted, retain_freed_memory
+from cl_runner.runtime import job_threads, retain_freed_memory
+from cl_runner.train import Interrupted
 
 log = logging.getLogger(__name__)
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
@@ -91,17 +92,6 @@ def run_from_config(cfg: DictConfig) -> dict:
             log.error(message)
         FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
         return {"error": message}
-
-
-def job_threads(launcher: DictConfig) -> int | None:
-    """Torch threads for one job when a launcher runs several at once, so that they share the cores instead of
-    each taking them all: the cores over joblib's `n_jobs` (negative: as joblib counts), or submitit's
-    `cpus_per_task`. None: leave torch's default."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if launcher.get("n_jobs") is not None:
-        n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
-        return max(1, cores // n_jobs)
-    return launcher.get("cpus_per_task")
 
 
 def one_line(err: BaseException) -> str:

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,46 +14,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import evaluate, export, randomness, run_folder
+from cl_runner import evaluate, export, io, randomness, run_folder
 from cl_runner.checkpoint import Checkpointer
 from cl_runner.data.datasets import ImageSet, load_split
-from cl_runner.data.pairing import TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
-from cl_runner.losses import Loss
 from cl_runner.optim import parameter_groups
-from cl_runner.randomness import TrainingStreams
-from cl_runner.train import Interrupted, SignalStop, TrainState, make_grad_scaler, pretrain, resolve_precision
+from cl_runner.randomness import TrainingStreams, seed_everything
+from cl_runner.runtime import device_name, resolve_device, resolve_precision
+from cl_runner.train import (Interrupted, SignalStop, TrainingParts, TrainSettings, TrainState, make_grad_scaler,
+                             pretrain)
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Python's, numpy's and torch's global generators (a loss's own draws: MoCo's first queue, i-Mix's
-    mixing); the run's main draws each have a stream of their own (cl_runner.randomness)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Training:
-    """Everything pretraining acts on, built from the config."""
-
-    encoder: torch.nn.Module
-    loss_fn: Loss
-    sampler: TupleSampler
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    streams: TrainingStreams
-    checkpointer: Checkpointer
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
@@ -105,12 +74,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
 
     # on resume, TensorBoard drops the events logged after the checkpoint
     with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
-        trained = torch.compile(parts.encoder) if cfg.compile else parts.encoder  # shares its parameters
-        stats = pretrain(trained, parts.loss_fn, parts.sampler, parts.optimizer, parts.scaler, state,
-                         schedule=parts.schedule, epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
-                         precision=precision, streams=parts.streams, writer=writer, log_every=cfg.log_every,
-                         channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every,
-                         checkpointer=parts.checkpointer, stop_signal=stop_signal)
+        trained = replace(parts, encoder=torch.compile(parts.encoder)) if cfg.compile else parts  # same weights
+        settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, device=device, precision=precision,
+                                 log_every=cfg.log_every, channels_last=cfg.channels_last,
+                                 checkpoint_every=cfg.checkpoint_every)
+        stats = pretrain(trained, state, settings, writer, stop_signal)
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
@@ -129,7 +97,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             timing["baseline_s"] = time.perf_counter() - tick
             stop_if_signalled()
         metrics.update(run_record(cfg, choices, stats, timing, device, precision))
-        export.write_json(run_dir / "metrics.json", metrics)  # as soon as the figures exist; again at the end
+        io.write_json(run_dir / "metrics.json", metrics)  # as soon as the figures exist; again at the end
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         export.log_hparams(writer, hyperparameters(cfg, choices, precision), final_figures(metrics), stats.steps)
     stop_if_signalled()
@@ -142,7 +110,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     export.save_weights(parts.encoder, run_dir / "encoder.pt")
     timing["export_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
-    export.write_json(run_dir / "metrics.json", metrics)
+    io.write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -177,7 +145,7 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tu
 
 
 def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
-                   run_dir: Path) -> Training:
+                   run_dir: Path) -> TrainingParts:
     streams = TrainingStreams.from_seed(cfg.seed, device)
     encoder = build_encoder(cfg, device)
     sampler = instantiate(cfg.pairing)
@@ -195,8 +163,8 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, precision)
-    return Training(encoder, loss_fn, sampler, optimizer, schedule, scaler, streams,
-                    Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
+    return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, schedule,
+                         Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
 
 
 def build_encoder(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
@@ -270,7 +238,7 @@ def evaluation_seed(cfg: DictConfig) -> int:
     return randomness.stream_seed(cfg.seed, "evaluation") % 2**32
 
 
-def view_alignment(cfg: DictConfig, parts: Training, test: ImageSet, test_x: np.ndarray, points: int = 2000) -> float:
+def view_alignment(cfg: DictConfig, parts: TrainingParts, test: ImageSet, test_x: np.ndarray, points: int = 2000) -> float:
     """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
     augmentation (seeded, so it is the same for every run of that augmentation)."""
     images = test.images[:points]
@@ -321,13 +289,3 @@ def summary_line(metrics: dict) -> str:
     return ", ".join(parts)
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and core count (from /proc/cpuinfo where there is one)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-    except OSError:
-        models = []
-    return f"{models[0] if models else platform.machine()}, {os.cpu_count()} cores"

@@ -1,11 +1,9 @@
-"""Write what a run produced: metrics.json, figures, t-SNE coordinates, weights. Every file is written under a
-temporary name and renamed into place, so a killed run never leaves a half-written file behind."""
+"""Write what a run produced: figures, t-SNE coordinates, weights, TensorBoard's HParams; every file through
+cl_runner.io's atomic writes."""
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,20 +16,9 @@ from sklearn.manifold import TSNE  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
+from cl_runner.io import write_bytes_atomic  # noqa: E402
+
 TSNE_COLUMNS = ("x", "y", "label", "index")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> None:

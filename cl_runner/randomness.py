@@ -5,6 +5,7 @@ see the same epoch order and negatives. Their paired difference then measures th
 the draw. Checkpoints save every stream, so resume continues each exactly."""
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,14 @@ def stream_seed(seed: int, purpose: str) -> int:
     hashes the pair; the purpose enters as the CRC-32 of its name, stable across processes and versions)."""
     state = np.random.SeedSequence([seed, zlib.crc32(purpose.encode())]).generate_state(2, np.uint32)
     return (int(state[0]) << 31 | int(state[1]) >> 1) & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (a loss's own draws: MoCo's first queue, i-Mix's
+    mixing); the run's main draws each have a stream of their own (below)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def generator(seed: int, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:

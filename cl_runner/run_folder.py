@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_runner.checkpoint import CHECKPOINT_FILE
 from cl_runner.errors import UserError
-from cl_runner.export import write_bytes_atomic, write_json
+from cl_runner.io import write_bytes_atomic, write_json
 
 STATUS_FILE = "status.json"
 

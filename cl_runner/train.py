@@ -2,8 +2,6 @@
 The loop can stop at any step boundary (a signal) and continue later from a checkpoint, bit for bit."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import signal
@@ -11,6 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,6 +20,9 @@ from cl_runner.data.pairing import TupleBatch, TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.randomness import TrainingStreams
+
+if TYPE_CHECKING:
+    from cl_runner.checkpoint import Checkpointer  # which imports this module
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,6 +57,34 @@ class TrainState:
     step_in_epoch: int = 0
     order: torch.Tensor | None = None
     epoch_loss_sum: float = 0.0
+
+
+@dataclass
+class TrainingParts:
+    """Everything pretraining acts on, built from the config (cl_runner.experiment.build_training)."""
+
+    encoder: nn.Module
+    loss_fn: Loss
+    sampler: TupleSampler
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    streams: TrainingStreams
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    checkpointer: Checkpointer | None = None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How pretraining runs. channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU
+    and tensor cores); log_every: steps between logged points (and, on a GPU, NaN checks)."""
+
+    epochs: int
+    batch_size: int
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    log_every: int = 10
+    channels_last: bool = True
+    checkpoint_every: int = 1
 
 
 class Interrupted(BaseException):
@@ -106,43 +136,6 @@ class SignalStop:
         return self.signum
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-
-
-def retain_freed_memory() -> bool:
-    """Keep freed host memory in the process instead of returning it to the OS. glibc serves blocks above
-    32 MB (a batch of images, an activation) with mmap and unmaps them on free, so every training step
-    page-faults them in again; on the 2-core CPU that cost about half the step time (README, Performance).
-    Memory is reused within the process rather than given back. Returns whether the setting applied (glibc)."""
-    libc_name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(libc_name).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a run uses on `device`. `auto`: bf16 autocast on CUDA and on CPUs with native bf16
-    instructions (AVX512-BF16 or AMX; there the study's runs train about 1.35x faster with the same accuracy,
-    README, Performance), fp32 on other CPUs. An explicit bf16 on a CPU without them is emulated and slower,
-    which is logged. fp16 is for CUDA only."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()) else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
-        log.warning("precision=bf16: this CPU has no native bf16 instructions (AVX512-BF16, AMX), so bf16 "
-                    "is emulated and slower than fp32")
-    return precision
-
-
-def native_cpu_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as PyTorch's own kernels check."""
-    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(check() for check in checks if check is not None)
-
-
 def autocast_for(device: torch.device, precision: str):
     """bf16/fp16 autocast on the run's device (see `resolve_precision`); a no-op context for fp32, so the same
     code runs either way."""
@@ -181,26 +174,25 @@ def train_step(encoder: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimiz
     return loss.detach()
 
 
-def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, state: TrainState, *, schedule=None, epochs: int, batch_size: int,
-             device: torch.device, precision: str, streams: TrainingStreams, writer: SummaryWriter,
-             log_every: int = 10, channels_last: bool = True, checkpoint_every: int = 1,
-             checkpointer=None, stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
-    """Train `encoder` in place from `state` up to `epochs` passes over the sampler's tuples, in random order,
-    stepping the learning-rate `schedule` (a torch LR scheduler) after every optimizer step. Each epoch's order
-    draws from `streams.order`, each batch's negatives and views from the sampler's streams.
+def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, writer: SummaryWriter,
+             stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
+    """Train `parts.encoder` in place from `state` up to `settings.epochs` passes over the sampler's tuples, in
+    random order, stepping the learning-rate schedule (a torch LR scheduler) after every optimizer step. Each
+    epoch's order draws from `parts.streams.order`, each batch's negatives and views from the sampler's streams.
 
-    channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU and tensor cores).
-    `checkpointer.save(state)` runs every `checkpoint_every` epochs (0: never) and when `stop_signal()` names a
+    The checkpointer saves every `settings.checkpoint_every` epochs (0: never) and when `stop_signal()` names a
     signal, which then ends training with `Interrupted` after the current step.
     """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    encoder, loss_fn, sampler, streams = parts.encoder, parts.loss_fn, parts.sampler, parts.streams
+    epochs, batch_size, device = settings.epochs, settings.batch_size, settings.device
+    checkpointer = parts.checkpointer
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     encoder.to(memory_format=memory_format)
     loss_fn.to(memory_format=memory_format)  # a momentum encoder, a predictor
     num_tuples = sampler.tuples_per_epoch()
     steps_per_epoch = math.ceil(num_tuples / batch_size)
     total_steps = epochs * steps_per_epoch
-    finite_check_every = 1 if device.type == "cpu" else log_every  # a check is a host sync on a GPU
+    finite_check_every = 1 if device.type == "cpu" else settings.log_every  # a check is a host sync on a GPU
     stats = state.stats
     encoder.train()
     loss_fn.train()
@@ -218,13 +210,14 @@ def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer
                 first = state.step_in_epoch * batch_size
                 ids = state.order[first:first + batch_size]
                 batch = sampler.batch(ids, streams)
-                loss = train_step(encoder, loss_fn, optimizer, scaler, batch, device=device, precision=precision,
+                loss = train_step(encoder, loss_fn, parts.optimizer, parts.scaler, batch, device=device,
+                                  precision=settings.precision,
                                   memory_format=memory_format, progress=(stats.steps + 1) / total_steps,
                                   check_finite=(stats.steps + 1) % finite_check_every == 0)
                 if loss is None:
                     _diverged(stats.steps + 1, checkpointer)
-                if schedule is not None:
-                    schedule.step()
+                if parts.schedule is not None:
+                    parts.schedule.step()
 
                 state.step_in_epoch += 1
                 stats.steps += 1
@@ -234,11 +227,11 @@ def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer
                 window_loss += loss
                 window_steps += 1
                 bar.update()
-                if stats.steps % log_every == 0 or state.step_in_epoch == steps_per_epoch:
+                if stats.steps % settings.log_every == 0 or state.step_in_epoch == steps_per_epoch:
                     mean_loss = (window_loss / window_steps).item()  # the only host sync: every log_every steps
                     stats.seconds = time.perf_counter() - start
                     writer.add_scalar("train/loss", mean_loss, stats.steps)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], stats.steps)
+                    writer.add_scalar("train/lr", parts.optimizer.param_groups[0]["lr"], stats.steps)
                     writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
                                          tuples_per_s=f"{stats.tuples_per_second:.0f}")
@@ -256,8 +249,8 @@ def pretrain(encoder: nn.Module, loss_fn: Loss, sampler: TupleSampler, optimizer
             writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], state.epoch)
             log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", state.epoch, epochs, stats.epoch_losses[-1],
                      stats.tuples_per_second)
-            if checkpointer is not None and checkpoint_every and (
-                    state.epoch % checkpoint_every == 0 or state.epoch == epochs):
+            if checkpointer is not None and settings.checkpoint_every and (
+                    state.epoch % settings.checkpoint_every == 0 or state.epoch == epochs):
                 checkpointer.save(state)
     finally:
         bar.close()

@@ -16,8 +16,7 @@ import torch
 
 from cl_runner.data.augment import PadRotateScale, SimCLRAugment, to_unit
 from cl_runner.data.datasets import load_split
-from cl_runner.experiment import device_name, resolve_device
-from cl_runner.train import retain_freed_memory
+from cl_runner.runtime import device_name, resolve_device, retain_freed_memory
 
 
 def kornia_pipeline(aug: str, side: int, channels: int):

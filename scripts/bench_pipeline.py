@@ -34,10 +34,9 @@ from torchvision import transforms
 from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet, load_split
 from cl_runner.data.pairing import TupleBatch
-from cl_runner.experiment import device_name, resolve_device
 from cl_runner.randomness import TrainingStreams
-from cl_runner.train import (TrainState, make_grad_scaler, pretrain, resolve_precision, retain_freed_memory,
-                             train_step)
+from cl_runner.runtime import device_name, resolve_device, resolve_precision, retain_freed_memory
+from cl_runner.train import TrainingParts, TrainSettings, TrainState, make_grad_scaler, pretrain, train_step
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
@@ -213,10 +212,12 @@ def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, prec
     sampler.setup(train, instantiate(cfg.aug), streams)
     with tempfile.TemporaryDirectory() as logs, SummaryWriter(log_dir=logs) as writer:
         def run(steps: int) -> float:
+            training = TrainingParts(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler,
+                                     streams)
+            settings = TrainSettings(epochs=1, batch_size=args.batch_size, device=device, precision=precision,
+                                     channels_last=channels_last, checkpoint_every=0)
             start = time.perf_counter()
-            pretrain(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler, TrainState(),
-                     epochs=1, batch_size=args.batch_size, device=device, precision=precision,
-                     streams=streams, writer=writer, channels_last=channels_last, checkpoint_every=0)
+            pretrain(training, TrainState(), settings, writer)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start

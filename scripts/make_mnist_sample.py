@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cl_runner.data.datasets import MNIST_SAMPLE, MNIST_SAMPLE_SIZES, read_mnist
-from cl_runner.export import write_bytes_atomic
+from cl_runner.io import write_bytes_atomic
 
 
 def main() -> None:

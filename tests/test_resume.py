@@ -21,7 +21,8 @@ from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.randomness import TrainingStreams
-from cl_runner.train import Diverged, Interrupted, TrainState, make_grad_scaler, pretrain
+from cl_runner.train import (Diverged, Interrupted, SignalStop, TrainingParts, TrainSettings, TrainState,
+                             make_grad_scaler, pretrain)
 from conftest import DATA_ROOT, REPO, run_cli
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50", "log_every=1",
@@ -119,9 +120,8 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, streams)
     state = TrainState()
     with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
-        pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=3, batch_size=64,
-                 device=torch.device("cpu"), precision="fp32", streams=streams, writer=writer,
-                 checkpointer=checkpointer)  # 4 steps an epoch: the NaN comes in epoch 2
+        pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
+                 state, TrainSettings(epochs=3, batch_size=64), writer)  # 4 steps an epoch: the NaN comes in epoch 2
     message = str(stop.value)
     assert "loss became NaN or infinite by step 6" in message and str(tmp_path / "checkpoint.pt") in message
     assert state.stats.steps == 5  # the NaN step was not applied
@@ -148,9 +148,8 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
 
     def train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, stop_signal):
         with SummaryWriter(str(run_dir / "tb")) as writer:
-            pretrain(encoder, loss_fn, sampler, optimizer, scaler, state, epochs=2, batch_size=64,
-                     device=torch.device("cpu"), precision="fp32", streams=streams, writer=writer,
-                     checkpointer=checkpointer, stop_signal=stop_signal)
+            pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
+                     state, TrainSettings(epochs=2, batch_size=64), writer, stop_signal)
 
     encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
     steps = iter(range(1, 100))
@@ -180,9 +179,13 @@ def test_a_signal_during_evaluation_ends_the_run_there_and_resume_redoes_the_eva
     real_embed = experiment.evaluate.embed
     monkeypatch.setattr(experiment.evaluate, "embed", lambda *a, **k: evaluating.append(1) or real_embed(*a, **k))
 
-    class SignalDuringEvaluation:  # in place of SignalStop: SIGTERM has arrived once evaluation starts
+    class SignalDuringEvaluation(SignalStop):  # SIGTERM has arrived once evaluation starts
         def __enter__(self):
-            return lambda: signal.SIGTERM if evaluating else None
+            self.previous = {}
+            return self
+
+        def __call__(self):
+            return signal.SIGTERM if evaluating else None
 
         def __exit__(self, *exc):
             return None

@@ -9,12 +9,13 @@ from cl_runner.data.pairing import TupleBatch
 from cl_runner.errors import UserError
 from cl_runner.losses import TripletMarginLoss
 from cl_runner.models import Encoder, PamiCNN
-from cl_runner.train import make_grad_scaler, native_cpu_bf16, resolve_precision, train_step
+from cl_runner.runtime import native_cpu_bf16, resolve_precision
+from cl_runner.train import make_grad_scaler, train_step
 
 FREED_BYTES = """
 import sys
 import torch
-from cl_runner.train import retain_freed_memory
+from cl_runner.runtime import retain_freed_memory
 
 def resident() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * 4096

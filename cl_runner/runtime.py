@@ -1,0 +1,84 @@
+"""Where and how a run computes: the device, the precision, torch threads and process-level settings, in one
+place that cl-run and the benchmark scripts share."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from cl_runner.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when a GPU is visible, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count (from /proc/cpuinfo where there is one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else platform.machine()}, {os.cpu_count()} cores"
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed host memory in the process instead of returning it to the OS. glibc serves blocks above
+    32 MB (a batch of images, an activation) with mmap and unmaps them on free, so every training step
+    page-faults them in again; on the 2-core CPU that cost about half the step time (README, Performance).
+    Memory is reused within the process rather than given back. Returns whether the setting applied (glibc)."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses on `device`. `auto`: bf16 autocast on CUDA and on CPUs with native bf16
+    instructions (AVX512-BF16 or AMX; there the study's runs train about 1.35x faster with the same accuracy,
+    README, Performance), fp32 on other CPUs. An explicit bf16 on a CPU without them is emulated and slower,
+    which is logged. fp16 is for CUDA only."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()) else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
+        log.warning("precision=bf16: this CPU has no native bf16 instructions (AVX512-BF16, AMX), so bf16 "
+                    "is emulated and slower than fp32")
+    return precision
+
+
+def native_cpu_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as PyTorch's own kernels check."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
+
+
+def job_threads(launcher: DictConfig) -> int | None:
+    """Torch threads for one job when a launcher runs several at once, so that they share the cores instead of
+    each taking them all: the cores over joblib's `n_jobs` (negative: as joblib counts), or submitit's
+    `cpus_per_task`. None: leave torch's default."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if launcher.get("n_jobs") is not None:
+        n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
+        return max(1, cores // n_jobs)
+    return launcher.get("cpus_per_task")

@@ -238,7 +238,8 @@ def evaluation_seed(cfg: DictConfig) -> int:
     return randomness.stream_seed(cfg.seed, "evaluation") % 2**32
 
 
-def view_alignment(cfg: DictConfig, parts: TrainingParts, test: ImageSet, test_x: np.ndarray, points: int = 2000) -> float:
+def view_alignment(cfg: DictConfig, parts: TrainingParts, test: ImageSet, test_x: np.ndarray,
+                   points: int = 2000) -> float:
     """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
     augmentation (seeded, so it is the same for every run of that augmentation)."""
     images = test.images[:points]

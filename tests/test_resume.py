@@ -26,8 +26,8 @@ from cl_runner.train import (Diverged, Interrupted, SignalStop, TrainingParts, T
 from conftest import DATA_ROOT, REPO, run_cli
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",
-       "log_every=1",
-       "optimizer=lars", "schedule=warmup_cosine", "schedule.warmup_epochs=1"]  # optimizer and schedule state too
+       "log_every=1", "optimizer=lars", "schedule=warmup_cosine",
+       "schedule.warmup_epochs=1"]  # optimizer and schedule state too
 VOLATILE = ("timing", "environment")  # wall-clock figures differ between any two runs
 
 

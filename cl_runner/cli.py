@@ -98,7 +98,7 @@ def one_line(err: BaseException) -> str:
     """The first line of an error's message, with the options Hydra lists for an unknown group option."""
     options = getattr(err, "options", None)
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
         first = str(err.__cause__)
     elif isinstance(err.__cause__, OmegaConfBaseException):  # e.g. "Could not override 'x'." + why
         first = f"{first.rstrip('.')}: {one_line(err.__cause__)}"
@@ -111,7 +111,7 @@ def is_user_error(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in DISK_ERRORS:  # a full or read-only disk, no permission
         return True
     if isinstance(err, InstantiationException):
-        return isinstance(err.__cause__, ValueError)
+        return isinstance(err.__cause__, UserError)
     return isinstance(err, (UserError, HydraException, OmegaConfBaseException))
 
 

@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """A mistake the user can fix (bad config value, missing data, impossible combination)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting a class refuses in its constructor (a loss's temperature, an augmentation's range, a projector's
+    sizes): a user mistake, and still a ValueError for code that builds the class directly."""

@@ -158,7 +158,7 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
         optimizer = instantiate(cfg.optimizer)(parameter_groups(trained, cfg.optimizer.weight_decay))
         schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
                                              cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
-    except ValueError as err:
+    except ValueError as err:  # ours raise ConfigError (a ValueError); torch's optimizers a plain ValueError
         raise UserError(f"loss, optimizer or schedule: {err}") from err
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)

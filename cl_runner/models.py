@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from cl_runner.errors import ConfigError
+
 
 class PamiCNN(nn.Sequential):
     """The study's bias-free CNN (SPEC.md): four 2x2 stride-2 convolutions (BatchNorm after all but the first,
@@ -55,7 +57,8 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, dims: list[int]):
         if len(dims) < 2 or not all(isinstance(d, int) and d >= 1 for d in dims[1:]):
-            raise ValueError(f"encoder.projector needs sizes (integers >= 1) ending in the output size, got {dims[1:]}")
+            raise ConfigError(f"encoder.projector needs sizes (integers >= 1) ending in the output size, "
+                              f"got {dims[1:]}")
         layers: list[nn.Module] = []
         for cin, cout in zip(dims[:-2], dims[1:-1]):
             layers += [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]

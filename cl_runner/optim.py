@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from cl_runner.errors import ConfigError
+
 # Learning-rate scaling rules: the factor applied to the optimizer's lr for a given batch size.
 LR_SCALING = {"none": lambda batch_size: 1.0,
               "linear": lambda batch_size: batch_size / 256,  # Goyal et al. 2017
@@ -32,7 +34,7 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 0.001, exclude_from_adaptation: bool = False):
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
-            raise ValueError("LARS needs lr > 0, 0 <= momentum < 1, weight_decay >= 0 and eta > 0")
+            raise ConfigError("LARS needs lr > 0, 0 <= momentum < 1, weight_decay >= 0 and eta > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       exclude_from_adaptation=exclude_from_adaptation))
 

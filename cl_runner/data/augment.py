@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cl_runner.errors import ConfigError
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 
@@ -78,7 +80,7 @@ class PadRotateScale:
 
     def __init__(self, max_degrees: float = 15.0, crop_ratio: float = 1.125):
         if max_degrees < 0 or crop_ratio <= 0:
-            raise ValueError("aug: max_degrees must be >= 0 and crop_ratio > 0")
+            raise ConfigError("aug: max_degrees must be >= 0 and crop_ratio > 0")
         self.max_degrees = max_degrees
         self.crop_ratio = crop_ratio
 
@@ -106,15 +108,16 @@ class SimCLRAugment:
                  brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, color_strength=1.0, grayscale_p=0.2,
                  blur_kernel=3, blur_sigma=(0.1, 2.0)):
         if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not (0 < crop_ratio[0] <= crop_ratio[1]):
-            raise ValueError("aug: need 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]")
+            raise ConfigError("aug: need 0 < crop_scale[0] <= crop_scale[1] <= 1 and "
+                              "0 < crop_ratio[0] <= crop_ratio[1]")
         brightness, contrast, saturation, hue = (v * color_strength for v in (brightness, contrast, saturation, hue))
         if not 0 <= hue <= 0.5 or blur_kernel % 2 != 1:
-            raise ValueError("aug: hue x color_strength must lie in [0, 0.5] and blur_kernel must be odd")
+            raise ConfigError("aug: hue x color_strength must lie in [0, 0.5] and blur_kernel must be odd")
         if not all(0 <= p <= 1 for p in (flip_p, jitter_p, grayscale_p)) or min(brightness, contrast, saturation) < 0:
-            raise ValueError(f"aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1] and the jitter "
+            raise ConfigError(f"aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1] and the jitter "
                              f"amounts must be >= 0, got {flip_p}, {jitter_p}, {grayscale_p}")
         if not 0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ValueError(f"aug: need 0 < blur_sigma[0] <= blur_sigma[1], got {list(blur_sigma)}")
+            raise ConfigError(f"aug: need 0 < blur_sigma[0] <= blur_sigma[1], got {list(blur_sigma)}")
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue

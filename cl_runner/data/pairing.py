@@ -15,6 +15,7 @@ import torch
 
 from cl_runner.data.augment import normalize, to_unit
 from cl_runner.data.datasets import ImageSet
+from cl_runner.errors import ConfigError
 from cl_runner.randomness import TrainingStreams
 
 
@@ -40,7 +41,7 @@ class LabelAwareNegatives:
         self.counts = torch.bincount(labels)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         if (self.counts > 0).sum() < 2:
-            raise ValueError("label-aware negatives need images of at least two classes")
+            raise ConfigError("label-aware negatives need images of at least two classes")
 
     def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices [B] of negatives for the images `anchors`, never of an anchor's class."""
@@ -60,7 +61,7 @@ class RandomNegatives:
     def __init__(self, labels: torch.Tensor):
         self.size = len(labels)
         if self.size < 2:
-            raise ValueError("random negatives need at least two images")
+            raise ConfigError("random negatives need at least two images")
 
     def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices [B] of negatives for the images `anchors`, never the anchor itself."""
@@ -87,7 +88,7 @@ class TupleSampler(ABC):
 
     def __init__(self, fixed_views: bool = False, negatives: str = "label_aware", augment_anchor: bool = False):
         if negatives not in NEGATIVES:
-            raise ValueError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
+            raise ConfigError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
         self.fixed_views, self.negative_kind, self.augment_anchor = fixed_views, negatives, augment_anchor
 
     def setup(self, train: ImageSet, augment, streams: TrainingStreams, chunk: int = 4096) -> None:
@@ -180,9 +181,9 @@ class MultiViewSampler(TupleSampler):
                  augment_anchor: bool = True):
         super().__init__(fixed_views=fixed_views, negatives=negatives, augment_anchor=augment_anchor)
         if views < 2:
-            raise ValueError(f"pairing.views must be at least 2, got {views}")
+            raise ConfigError(f"pairing.views must be at least 2, got {views}")
         if fixed_views:
-            raise ValueError("pairing.fixed_views is for pairs and triplets: multi-view needs fresh views")
+            raise ConfigError("pairing.fixed_views is for pairs and triplets: multi-view needs fresh views")
         self.views = views
 
     def tuples_per_epoch(self) -> int:

@@ -30,7 +30,7 @@ class Loss(nn.Module):
 
     def setup(self, encoder: nn.Module, batch_size: int) -> None:
         """Build the parts that depend on the encoder (its `output_dim`) or the batch size; called once, before
-        the optimizer is made. Raises ValueError for settings that cannot work."""
+        the optimizer is made. Raises ConfigError for settings that cannot work."""
 
     def training_loss(self, encoder: nn.Module, batch: TupleBatch, encode: Encode) -> torch.Tensor:
         """The loss of one training step (a scalar with gradients)."""

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
 
@@ -38,7 +39,7 @@ class _InBatchContrastive(Loss, ABC):
     def __init__(self, temperature: float):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+            raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     @abstractmethod
@@ -81,7 +82,7 @@ class SupConLoss(_InBatchContrastive):
 
     def masks(self, views, tuples, labels, device):
         if labels is None:
-            raise ValueError("loss=supcon needs class labels: set pairing.negatives=label_aware")
+            raise ConfigError("loss=supcon needs class labels: set pairing.negatives=label_aware")
         positives = _same(labels.repeat(views))
         return positives, ~positives & ~torch.eye(len(positives), dtype=torch.bool, device=device)
 
@@ -98,7 +99,7 @@ class DebiasedNTXentLoss(Loss):
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1):
         super().__init__()
         if temperature <= 0 or not 0 <= tau_plus < 1:
-            raise ValueError(f"loss needs temperature > 0 and 0 <= tau_plus < 1, got {temperature}, {tau_plus}")
+            raise ConfigError(f"loss needs temperature > 0 and 0 <= tau_plus < 1, got {temperature}, {tau_plus}")
         self.temperature, self.tau_plus = temperature, tau_plus
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -128,7 +129,7 @@ class NPairLoss(Loss):
     def __init__(self, l2_reg: float = 0.002):
         super().__init__()
         if l2_reg < 0:
-            raise ValueError(f"loss.l2_reg must be >= 0, got {l2_reg}")
+            raise ConfigError(f"loss.l2_reg must be >= 0, got {l2_reg}")
         self.l2_reg = l2_reg
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -153,7 +154,7 @@ class IMixLoss(Loss):
     def __init__(self, temperature: float = 0.2, alpha: float = 1.0):
         super().__init__()
         if temperature <= 0 or alpha <= 0:
-            raise ValueError(f"loss needs temperature > 0 and alpha > 0, got {temperature}, {alpha}")
+            raise ConfigError(f"loss needs temperature > 0 and alpha > 0, got {temperature}, {alpha}")
         self.temperature = temperature
         self.beta = torch.distributions.Beta(alpha, alpha)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 from cl_runner.losses.siamese import cross_view_cosine
 from cl_runner.models import ProjectionHead
@@ -27,7 +28,7 @@ class _MomentumEncoder(Loss):
     def __init__(self, momentum: float, final_momentum: float):
         super().__init__()
         if not 0 <= momentum <= final_momentum <= 1:
-            raise ValueError(f"loss needs 0 <= momentum <= final_momentum <= 1, got {momentum}, {final_momentum}")
+            raise ConfigError(f"loss needs 0 <= momentum <= final_momentum <= 1, got {momentum}, {final_momentum}")
         self.momentum, self.final_momentum = momentum, final_momentum
 
     def setup(self, encoder, batch_size):
@@ -54,12 +55,12 @@ class MoCoLoss(_MomentumEncoder):
                  final_momentum: float = 0.999):
         super().__init__(momentum, final_momentum)
         if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+            raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
         self.temperature, self.queue_size = temperature, queue_size
 
     def setup(self, encoder, batch_size):
         if self.queue_size < 2 * batch_size:
-            raise ValueError(f"loss.queue_size={self.queue_size} must hold at least one step's keys "
+            raise ConfigError(f"loss.queue_size={self.queue_size} must hold at least one step's keys "
                              f"(2 x batch_size = {2 * batch_size})")
         super().setup(encoder, batch_size)
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, encoder.output_dim), dim=1))
@@ -105,7 +106,7 @@ class BYOLLoss(_MomentumEncoder):
     def __init__(self, predictor_hidden: int = 4096, momentum: float = 0.996, final_momentum: float = 1.0):
         super().__init__(momentum, final_momentum)
         if predictor_hidden < 1:
-            raise ValueError(f"loss.predictor_hidden must be >= 1, got {predictor_hidden}")
+            raise ConfigError(f"loss.predictor_hidden must be >= 1, got {predictor_hidden}")
         self.predictor_hidden = predictor_hidden
 
     def setup(self, encoder, batch_size):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
 
@@ -16,7 +17,7 @@ class CosineEmbeddingLoss(Loss):
     def __init__(self, margin: float = 0.0):
         super().__init__()
         if not -1.0 <= margin <= 1.0:
-            raise ValueError(f"loss.margin must lie in [-1, 1], got {margin}")
+            raise ConfigError(f"loss.margin must lie in [-1, 1], got {margin}")
         self.margin = margin
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -34,7 +35,7 @@ class TripletMarginLoss(Loss):
     def __init__(self, margin: float = 1.0, p: float = 2.0):
         super().__init__()
         if margin < 0 or p <= 0:
-            raise ValueError(f"loss.margin must be >= 0 and loss.p > 0, got margin={margin}, p={p}")
+            raise ConfigError(f"loss.margin must be >= 0 and loss.p > 0, got margin={margin}, p={p}")
         self.margin, self.p = margin, p
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -52,7 +53,7 @@ class ContrastiveLoss(Loss):
     def __init__(self, margin: float = 1.0):
         super().__init__()
         if margin <= 0:
-            raise ValueError(f"loss.margin must be > 0, got {margin}")
+            raise ConfigError(f"loss.margin must be > 0, got {margin}")
         self.margin = margin
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,

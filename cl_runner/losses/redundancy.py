@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
 
@@ -17,7 +18,7 @@ class BarlowTwinsLoss(Loss):
     def __init__(self, lambda_offdiag: float = 0.005):
         super().__init__()
         if lambda_offdiag < 0:
-            raise ValueError(f"loss.lambda_offdiag must be >= 0, got {lambda_offdiag}")
+            raise ConfigError(f"loss.lambda_offdiag must be >= 0, got {lambda_offdiag}")
         self.lambda_offdiag = lambda_offdiag
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -41,7 +42,7 @@ class VICRegLoss(Loss):
     def __init__(self, invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0):
         super().__init__()
         if min(invariance, variance, covariance) < 0:
-            raise ValueError("loss weights must be >= 0")
+            raise ConfigError("loss weights must be >= 0")
         self.weights = (invariance, variance, covariance)
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 from cl_runner.models import ProjectionHead
 
@@ -27,7 +28,7 @@ class SimSiamLoss(Loss):
     def __init__(self, predictor_hidden: int = 512):
         super().__init__()
         if predictor_hidden < 1:
-            raise ValueError(f"loss.predictor_hidden must be >= 1, got {predictor_hidden}")
+            raise ConfigError(f"loss.predictor_hidden must be >= 1, got {predictor_hidden}")
         self.predictor_hidden = predictor_hidden
 
     def setup(self, encoder, batch_size):

@@ -28,7 +28,7 @@ SWEEP_ACTIONS = {"new": "running", "done": "completed earlier with this config, 
                  "resume": "interrupted earlier, resuming from its checkpoint",
                  "restart": "stopped earlier before its first checkpoint, running again"}
 GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
-FAILED_JOBS: list[str] = []  # one line per job that ended in a user error, for the exit code and stderr
+FAILED_JOBS: list[str] = []  # one line per job that ended in an error (in a sweep: a bug too), for the exit code
 # hydra.run.dir: the resumed run's own folder, else a new one
 OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)
 

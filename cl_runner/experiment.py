@@ -277,10 +277,8 @@ def scenario_title(choices: dict) -> str:
 def summary_line(metrics: dict) -> str:
     """E.g. "paper linear 0.9250 (+0.1510 over its random initialization), kNN 0.9300 (+0.1000); standard ..."."""
     parts, explained = [], False
-    for protocol in PROTOCOLS:
+    for protocol in (p for p in PROTOCOLS if p in metrics):
         for name, label in (("linear_top1", f"{protocol} linear"), ("knn_top1", "kNN")):
-            if protocol not in metrics:
-                continue
             text = f"{label} {metrics[protocol][name]:.4f}"
             gain = metrics.get("gain", {}).get(protocol, {}).get(name)
             if gain is not None:

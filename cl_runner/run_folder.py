@@ -93,7 +93,7 @@ def sweep_job_action(run_dir: Path, config: DictConfig) -> str:
     differing = config_differences(run_dir, config)
     if differing:
         raise OthersFolder(f"{run_dir} holds a run of another config ({', '.join(differing[:3])}"
-                        f"{', ...' if len(differing) > 3 else ''}); give this sweep another hydra.sweep.dir")
+                           f"{', ...' if len(differing) > 3 else ''}); give this sweep another hydra.sweep.dir")
     if status.get("status") == "running" and _alive(status.get("pid")):
         raise OthersFolder(f"{run_dir} is being run by another process (pid {status['pid']})")
     if status.get("status") == "completed" and (run_dir / "metrics.json").is_file():

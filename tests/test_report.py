@@ -122,3 +122,16 @@ def test_failed_jobs_stay_in_the_long_table_and_out_of_the_statistics(sweep):
 def test_compare_names_a_factor_of_the_sweep(sweep):
     with pytest.raises(ValueError, match="--compare bogus: not a factor of this sweep"):
         report.build_report(sweep, compare=["bogus"])
+
+
+def test_comparisons_csv_keeps_each_factor_s_context_in_its_own_columns(sweep):
+    for seed, value in enumerate(PAPER["triplet"]):
+        write_job(sweep, 6 + seed, seed, "triplet", value - 0.05, BASELINE[seed], aug="none")
+    report.build_report(sweep)
+    with open(sweep / "comparisons.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    (by_aug,) = [r for r in rows if r["factor"] == "aug"]  # within dataset x pairing x loss: triplet only
+    assert (by_aug["loss"], by_aug["aug"], by_aug["difference"]) == ("triplet", "", "none − simclr")
+    (by_loss,) = [r for r in rows if r["factor"] == "loss"]  # within dataset x aug
+    assert (by_loss["aug"], by_loss["loss"]) == ("simclr", "")
+    assert by_aug["unpaired ± paper linear"] and by_aug["unpaired ± standard linear"]

@@ -115,7 +115,7 @@ class SimCLRAugment:
             raise ConfigError("aug: hue x color_strength must lie in [0, 0.5] and blur_kernel must be odd")
         if not all(0 <= p <= 1 for p in (flip_p, jitter_p, grayscale_p)) or min(brightness, contrast, saturation) < 0:
             raise ConfigError(f"aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1] and the jitter "
-                             f"amounts must be >= 0, got {flip_p}, {jitter_p}, {grayscale_p}")
+                              f"amounts must be >= 0, got {flip_p}, {jitter_p}, {grayscale_p}")
         if not 0 < blur_sigma[0] <= blur_sigma[1]:
             raise ConfigError(f"aug: need 0 < blur_sigma[0] <= blur_sigma[1], got {list(blur_sigma)}")
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)

@@ -61,7 +61,7 @@ class MoCoLoss(_MomentumEncoder):
     def setup(self, encoder, batch_size):
         if self.queue_size < 2 * batch_size:
             raise ConfigError(f"loss.queue_size={self.queue_size} must hold at least one step's keys "
-                             f"(2 x batch_size = {2 * batch_size})")
+                              f"(2 x batch_size = {2 * batch_size})")
         super().setup(encoder, batch_size)
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, encoder.output_dim), dim=1))
         self.register_buffer("queue_labels", torch.full((self.queue_size,), -1))  # -1: no class

@@ -21,7 +21,8 @@ from cl_runner import io
 from cl_runner.report.comparisons import default_factors
 from cl_runner.report.figures import save_results_png, save_tsne_grid
 from cl_runner.report.jobs import factor_columns, load_jobs
-from cl_runner.report.tables import comparison_table, csv_table, interval_table, job_table, report_markdown
+from cl_runner.report.tables import (comparison_table, comparisons_csv, csv_table, interval_table, job_table,
+                                     report_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,13 @@ def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
     unknown = [f for f in compare or [] if f not in known]
     if unknown:
         raise ValueError(f"--compare {', '.join(unknown)}: not a factor of this sweep; it has {', '.join(known)}")
-    factors = default_factors(jobs) if compare is None else compare
+    comparisons = {f: comparison_table(jobs, f) for f in (default_factors(jobs) if compare is None else compare)}
     write = io.write_bytes_atomic
-    write(sweep_dir / "results.md", report_markdown(sweep_dir, jobs, factors).encode())
+    write(sweep_dir / "results.md", report_markdown(sweep_dir, jobs, comparisons).encode())
     write(sweep_dir / "results.csv", csv_table(*job_table(jobs)).encode())
     write(sweep_dir / "scenarios.csv", csv_table(*interval_table(jobs)).encode())
-    comparisons = [(f, comparison_table(jobs, f)) for f in factors]
-    rows = [[f, *row] for f, (_, table) in comparisons for row in table]
-    if rows:
-        header = ["factor", *[h for h in comparisons[0][1][0]]]
-        write(sweep_dir / "comparisons.csv", csv_table(header, rows).encode())
+    if any(rows for _, rows in comparisons.values()):
+        write(sweep_dir / "comparisons.csv", csv_table(*comparisons_csv(comparisons)).encode())
     save_results_png(sweep_dir / "results.png", jobs)
     save_tsne_grid(sweep_dir / "tsne_grid.png", jobs)
     return sweep_dir / "results.md"

@@ -64,16 +64,14 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
                 factors[key] = value
         jobs.append(Job(folder, status.get("status", "unknown"), metrics, metrics.get("seed", config.get("seed")),
                         factors, status.get("started", "")))
-    order = sweep_order(sweep_dir)
     jobs.sort(key=lambda j: (j.started or "~", j.folder.name))  # never started (a refused config): last
-    first_seen = {id(j): i for i, j in enumerate(jobs)}
+    order = sweep_order(sweep_dir)
 
-    def rank(job: Job) -> tuple:
-        places = [order[k].index(v) if v in order.get(k, []) else len(order.get(k, [])) for k, v in
-                  sorted(job.factors.items(), key=lambda kv: list(order).index(kv[0]) if kv[0] in order else 99)]
-        return (*places, job.seed if isinstance(job.seed, int) else 0, first_seen[id(job)])
+    def place(job: Job) -> tuple:  # a stable sort: ties keep the order the jobs started in
+        return (*(swept.index(job.factors.get(key)) if job.factors.get(key) in swept else len(swept)
+                  for key, swept in order.items()), job.seed if isinstance(job.seed, int) else 0)
 
-    return sorted(jobs, key=rank) if order else jobs
+    return sorted(jobs, key=place) if order else jobs
 
 
 def sweep_order(sweep_dir: Path) -> dict[str, list[str]]:

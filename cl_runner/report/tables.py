@@ -119,7 +119,28 @@ def interval_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def report_markdown(sweep_dir: Path, jobs: list[Job], factors: list[str]) -> str:
+Table = tuple[list[str], list[list[str]]]  # header, rows
+
+
+def comparisons_csv(comparisons: dict[str, Table]) -> Table:
+    """All factors' comparison tables in one table: each factor's context columns by name (they differ from factor
+    to factor), then the difference and the figures, which every table shares."""
+    contexts = {f: header[:header.index("difference")] for f, (header, _) in comparisons.items()}
+    context_columns = list(dict.fromkeys(c for columns in contexts.values() for c in columns))
+    tail = next(iter(comparisons.values()))[0][len(next(iter(contexts.values()))):]
+    tail = [f"unpaired ± {tail[i - 1].removeprefix('paired Δ ')}" if name == "unpaired ±" else name
+            for i, name in enumerate(tail)]
+    rows = []
+    for factor, (header, table) in comparisons.items():
+        width = len(contexts[factor])
+        for row in table:
+            context = dict(zip(contexts[factor], row))
+            rows.append([factor, *(context.get(c, "") for c in context_columns), *row[width:]])
+    return ["factor", *context_columns, *tail], rows
+
+
+def report_markdown(sweep_dir: Path, jobs: list[Job], comparisons: dict[str, Table]) -> str:
+    """results.md: the sweep in a line, the scenario table, and each factor's comparison table."""
     groups = scenarios(jobs)
     seeds = sorted({j.seed for j in jobs if j.seed is not None})
     completed = sum(j.completed for j in jobs)
@@ -133,8 +154,7 @@ def report_markdown(sweep_dir: Path, jobs: list[Job], factors: list[str]) -> str
               "one seed). Random init: the same seeds' encoders as initialized, evaluated the same way; gain: "
               "trained minus random init, per seed. One row per job: results.csv.", "",
               markdown_table(*scenario_table(jobs))]
-    for factor in factors:
-        header, rows = comparison_table(jobs, factor)
+    for factor, (header, rows) in comparisons.items():
         if not rows:
             continue
         within = header[:header.index("difference")]

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_runner import experiment, run_folder
 from cl_runner.config import validate
 from cl_runner.errors import UserError
-from cl_runner.runtime import job_threads, retain_freed_memory
+from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
 from cl_runner.train import Interrupted
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ SWEEP_ACTIONS = {"new": "running", "done": "completed earlier with this config, 
                  "resume": "interrupted earlier, resuming from its checkpoint",
                  "restart": "stopped earlier before its first checkpoint, running again"}
 GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
-FAILED_JOBS: list[str] = []  # one line per job that ended in an error (in a sweep: a bug too), for the exit code
 # hydra.run.dir: the resumed run's own folder, else a new one
 OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)
 
@@ -40,6 +39,7 @@ def job_folder(overrides: str, seed) -> str:
 
 
 OmegaConf.register_new_resolver("job_folder", job_folder)
+OmegaConf.register_new_resolver("local_sweep_jobs", local_sweep_jobs)
 
 
 def config_dir() -> str:
@@ -48,8 +48,11 @@ def config_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def run_from_config(cfg: DictConfig) -> dict:
+def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False) -> dict:
+    """One run, or one job of a sweep, from Hydra's composed config. A user error in a run is added to `errors`
+    (`main` prints it). A sweep's jobs may run in other processes or on other machines, so a job that fails
+    records why in its folder's status.json and in the sweep folder's errors.log, which the sweep's end reads.
+    With `full_trace` (HYDRA_FULL_ERROR=1), every error is raised, for Hydra to print its traceback."""
     hydra_cfg = HydraConfig.get()
     retain_freed_memory()  # again: a launcher may run the job in a process of its own
     threads = job_threads(hydra_cfg.launcher)
@@ -74,23 +77,29 @@ def run_from_config(cfg: DictConfig) -> dict:
                 cfg.resume = str(run_dir)
             elif action == "restart":
                 run_folder.forget_attempt(run_dir)
-        return experiment.run(cfg, run_dir, choices, overrides)
+        parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None
+        return experiment.run(cfg, run_dir, choices, overrides, parent)
     except run_folder.AlreadyFinished as done:
         print(f"cl-run: {done}", file=sys.stderr)
         return {}
     except Exception as err:
         message = one_line(err)
-        run_folder.record_failure(run_dir, message, choices)
         in_sweep = hydra_cfg.mode.name == "MULTIRUN"
-        if os.environ.get("CL_FULL_ERROR") == "1" or not (is_user_error(err) or in_sweep):
-            raise
-        # an error ends this job, not the sweep: recorded in the job's folder and log, reported at exit
-        if not is_user_error(err):  # a bug: its traceback goes into the job's own log
+        if in_sweep and not is_user_error(err):  # a bug: its traceback goes into the job's own log
             log.exception("this job crashed (a bug in cl-run or in the code it runs): %s", message)
             message = f"crashed with {type(err).__name__}: {message} (traceback in {run_dir / 'cl_run.log'})"
-        elif not isinstance(err, run_folder.OthersFolder):
-            log.error(message)
-        FAILED_JOBS.append(message if hydra_cfg.mode.name == "RUN" else f"job {hydra_cfg.job.num}: {message}")
+        run_folder.record_failure(run_dir, message, choices)
+        if full_trace or not (in_sweep or is_user_error(err)):
+            raise
+        if in_sweep:  # an error ends this job, not the sweep
+            if not isinstance(err, run_folder.OthersFolder):  # not even a log line in another run's folder
+                log.error(message)
+            try:
+                run_folder.record_sweep_error(Path(hydra_cfg.sweep.dir), run_dir.name, message)
+            except OSError:  # an unwritable sweep folder: Hydra raises the job's error after the others ran
+                raise err from None
+        else:
+            errors.append(message)
         return {"error": message}
 
 
@@ -125,12 +134,17 @@ def check_output_folders(args: list[str]) -> None:
 
 def main() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["CL_FULL_ERROR"] = "1" if full_trace else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     retain_freed_memory()
+    errors: list[str] = []
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+    def cl_run(cfg: DictConfig) -> dict:
+        return run_job(cfg, errors, full_trace)
+
     try:
         check_output_folders(sys.argv[1:])
-        run_from_config()
+        cl_run()
     except Interrupted as stop:
         print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "
               f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
@@ -138,8 +152,8 @@ def main() -> None:
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise
-        FAILED_JOBS.append(one_line(err))
-    for message in FAILED_JOBS:
+        errors.append(one_line(err))
+    for message in errors:
         print(f"cl-run: error: {message}", file=sys.stderr)
-    if FAILED_JOBS:
+    if errors:
         sys.exit(2)

@@ -28,10 +28,12 @@ from cl_runner.train import (Interrupted, SignalStop, TrainingParts, TrainSettin
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict:
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
+        parent: int | None = None) -> dict:
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
     `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
-    continues in its own folder from its last checkpoint.
+    continues in its own folder from its last checkpoint. `parent`: the pid of the sweep process that runs this
+    job in a worker process; the job stops as if interrupted when that process dies.
 
     A SIGINT or SIGTERM at any point ends the run at the next step or phase boundary with a checkpoint, and
     status.json says how to resume: training continues where it stopped, evaluation and export are redone."""
@@ -42,7 +44,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     else:
         run_folder.claim(run_dir, choices, cfg, overrides)
     try:
-        with SignalStop() as stop_signal:
+        with SignalStop(parent) as stop_signal:
             metrics = train_and_evaluate(cfg, run_dir, choices, overrides, device, precision, stop_signal)
     except Interrupted as stop:
         run_folder.record_interruption(run_dir, stop.signum)

@@ -153,6 +153,29 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     return saved
 
 
+SWEEP_ERRORS = "errors.log"
+
+
+def record_sweep_error(sweep_dir: Path, job: str, message: str) -> None:
+    """Add `job: message` to the sweep folder's errors.log (one line, appended in one write, so that jobs in
+    other processes cannot interleave theirs); the sweep's end prints the lines and exits with code 2."""
+    line = f"job {job}: {message}".replace("\n", " ") + "\n"
+    with open(sweep_dir / SWEEP_ERRORS, "a", encoding="utf-8") as fh:
+        fh.write(line)
+
+
+def sweep_errors(sweep_dir: Path) -> list[str]:
+    try:
+        return (sweep_dir / SWEEP_ERRORS).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def forget_sweep_errors(sweep_dir: Path) -> None:
+    """A sweep command starts with no errors: those of an earlier command are in its jobs' status.json."""
+    (sweep_dir / SWEEP_ERRORS).unlink(missing_ok=True)
+
+
 def record_failure(run_dir: Path, message: str, scenario: dict) -> None:
     """Mark the run folder failed, with the error; a folder that belongs to another run is left alone."""
     status = read_status(run_dir)

@@ -73,11 +73,27 @@ def native_cpu_bf16() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_sweep_jobs() -> int:
+    """How many jobs of a sweep the local launcher runs at once: one per core on a CPU-only machine (two one-thread
+    jobs at once took 0.6-0.7x the time of two-thread jobs one after another on a 2-core CPU: README), one at a
+    time where CUDA is present (the jobs would share one GPU)."""
+    return 1 if torch.cuda.is_available() else available_cores()
+
+
+def runs_in_worker(launcher: DictConfig) -> bool:
+    """Whether the launcher runs each job in a local worker process that the sweep's own process owns (joblib)."""
+    return "joblib" in str(launcher.get("_target_", ""))
+
+
 def job_threads(launcher: DictConfig) -> int | None:
     """Torch threads for one job when a launcher runs several at once, so that they share the cores instead of
     each taking them all: the cores over joblib's `n_jobs` (negative: as joblib counts), or submitit's
     `cpus_per_task`. None: leave torch's default."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if launcher.get("n_jobs") is not None:
         n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
         return max(1, cores // n_jobs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -105,10 +106,16 @@ class SignalStop:
 
     Under a cluster launcher that handles SIGUSR2 itself (submitit: SLURM's warning before a time limit or a
     preemption), SIGUSR2 stops the run the same way, and `hand_on` then passes it to that handler, which requeues
-    the job; the requeued job resumes from the checkpoint."""
+    the job; the requeued job resumes from the checkpoint.
+
+    With `parent` (a pid), the run also stops, as if sent SIGHUP, once that process is gone: a sweep job in a
+    local worker process (joblib) ends with its checkpoint when its sweep is killed, instead of running on."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     CLUSTER_SIGNAL = signal.SIGUSR2
+
+    def __init__(self, parent: int | None = None):
+        self.parent = parent
 
     def __enter__(self) -> "SignalStop":
         self.signum = None
@@ -133,6 +140,8 @@ class SignalStop:
             signal.signal(s, handler)
 
     def __call__(self) -> int | None:
+        if self.signum is None and self.parent is not None and os.getppid() != self.parent:
+            self.signum = signal.SIGHUP  # orphaned: the parent died without a word
         return self.signum
 
 

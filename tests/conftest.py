@@ -29,6 +29,24 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "
                           text=True, timeout=timeout)
 
 
+def run_main(args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str, str]:
+    """`cl-run ARGS` in this process (cl_runner.cli.main, the console script's function): the exit code, stdout
+    and stderr, without the seconds a new interpreter spends importing torch."""
+    from cl_runner import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["cl-run", *args])
+    monkeypatch.setenv("CL_DATA_ROOT", str(DATA_ROOT))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main sets it: restored after the test
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def loss_before_and_after_sgd(loss, params: list[torch.Tensor], lr: float, steps: int = 20) -> tuple[float, float]:
     """The value of `loss()` before and after `steps` plain SGD steps on `params` (solo-learn's loss test)."""
     optimizer = torch.optim.SGD(params, lr=lr)

@@ -1,5 +1,6 @@
 """End to end: `cl-run` on the embedded data set, a two-job multirun, and every user mistake's message."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cl_runner.models import Encoder, PamiCNN
-from conftest import REPO, TINY, run_cli
+from conftest import run_main, REPO, TINY, run_cli
 
 PROMISED_FILES = ["config.yaml", "overrides.yaml", "metrics.json", "status.json", "confusion_matrix.png",
                   "tsne.csv", "tsne.png", "encoder.pt", "cl_run.log"]
@@ -183,7 +184,7 @@ BAD_INPUTS = [
     (["eval.tsne_points=5000"], "eval.tsne_points=5000 is more than the 2000 test images"),
     (["checkpoint_every=-1"], "checkpoint_every must be an integer >= 0"),
     (["resume=no_such_run"], "resume=no_such_run: not a cl-run run folder"),
-    (["-m", "resume=a"], "job 0: resume= continues one run; it cannot be part of a multirun"),
+    (["-m", "resume=a"], "job resume=a,seed=0: resume= continues one run; it cannot be part of a multirun"),
     (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
     (["hydra.run.dir=/proc/x"], "cannot create the folder /proc/x: No such file or directory"),
     (["-m", "hydra.sweep.dir=/proc/y"], "cannot create the folder /proc/y: No such file or directory"),
@@ -191,12 +192,19 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message):
-    result = run_cli(args, tmp_path)
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message, monkeypatch, capfd):
+    code, out, err = run_main(args, tmp_path, monkeypatch, capfd)  # in this process: the same function
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("cl-run: error: ") and message in lines[0], err
+    assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("args,message", [BAD_INPUTS[2], BAD_INPUTS[-2]], ids=["typo", "unwritable folder"])
+def test_bad_input_from_the_console_script_too(tmp_path, args, message):
+    result = run_cli(args, tmp_path)  # a new process, as a user types it
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2
-    assert len(lines) == 1 and lines[0].startswith("cl-run: error: ") and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
 def test_a_full_or_read_only_disk_is_a_user_error_in_one_line():
@@ -226,7 +234,9 @@ def test_a_run_never_writes_into_another_runs_folder(digits_run, tmp_path):
 def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path):
     result = run_cli(["-m", *TINY, "eval.protocols=[paper]", "pairing=pair", "loss=cosine_embedding,triplet",
                       "hydra.sweep.dir=s"], tmp_path)
-    assert result.returncode == 2 and "job 1: loss=triplet cannot train on pairing=pair" in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.search(r"^cl-run: error: job \S*loss=triplet\S*: loss=triplet cannot train on pairing=pair", result.stderr,
+                     re.MULTILINE), result.stderr[-2000:]
     assert "1 of 1 jobs not completed" in (tmp_path / "s" / "results.md").read_text()
     jobs = (tmp_path / "s" / "results.csv").read_text()
     assert ",completed" in jobs and ",failed" in jobs

@@ -3,11 +3,14 @@ local executor (the same code path as SLURM), including a job interrupted by sub
 requeued, and resumed to the metrics of an uninterrupted run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from conftest import DATA_ROOT, run_cli
 
@@ -17,6 +20,19 @@ SWEEP = ["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=
 
 def completed_jobs(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+
+
+def test_the_default_launcher_runs_one_job_per_core_on_a_cpu_only_machine():
+    from hydra import compose, initialize_config_dir
+
+    from cl_runner.cli import config_dir
+    from cl_runner.runtime import available_cores, job_threads
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        launcher = compose("config", return_hydra_config=True).hydra.launcher
+    assert "JoblibLauncher" in launcher._target_
+    if not torch.cuda.is_available():
+        assert launcher.n_jobs == available_cores() and job_threads(launcher) == 1
 
 
 def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_sharing_the_cores(tmp_path):
@@ -66,7 +82,10 @@ def test_a_job_that_crashes_from_a_bug_is_recorded_failed_and_the_others_go_on(t
                       crashing, "hydra.sweep.dir=s"], tmp_path,
                      env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                       os.environ.get("PYTHONPATH")]))})
-    assert result.returncode == 2 and "job 1: crashed with RuntimeError: a bug in a loss (traceback in" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cl-run: error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert re.match(r"cl-run: error: job \S*loss\._target_=crashing_loss\.CrashingLoss\S*: crashed with "
+                    r"RuntimeError: a bug in a loss \(traceback in ", errors[0]), errors[0]
     statuses = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/status.json")}
     (crashed,) = [name for name, s in statuses.items() if s["status"] == "failed"]
     assert sum(s["status"] == "completed" for s in statuses.values()) == 1

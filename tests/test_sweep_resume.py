@@ -36,7 +36,7 @@ def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def test_a_killed_sweep_run_again_skips_done_jobs_resumes_the_interrupted_one_and_runs_the_rest(tmp_path):
-    args = [*SWEEP, "epochs=3", "hydra.sweep.dir=sweep"]
+    args = [*SWEEP, "epochs=3", "hydra/launcher=basic", "hydra.sweep.dir=sweep"]  # one job after another
     assert run_cli([*args[:-1], "hydra.sweep.dir=reference"], tmp_path).returncode == 0
     process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path,
                                env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
@@ -105,3 +105,27 @@ def test_a_folder_holding_another_config_is_never_overwritten(tmp_path):
     assert "holds a run of another config (optimizer.lr=0.5 there, 0.05 here); give this sweep another " \
            "hydra.sweep.dir" in lines[0]
     assert files_of(folder) == before
+
+
+def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_them(tmp_path):
+    args = [*SWEEP[:-1], "aug=none", "epochs=4", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
+    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path,
+                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs = [job(tmp_path / "s", "none", loss, epochs=4) for loss in ("cosine_embedding", "triplet")]
+    deadline = time.monotonic() + 300
+    while not all((j / "checkpoint.pt").exists() for j in jobs):  # both workers are past their first epoch
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # the sweep's process only: its joblib workers are orphaned
+    process.wait()
+    deadline = time.monotonic() + 60
+    while {json.loads((j / "status.json").read_text())["status"] for j in jobs} != {"interrupted"}:
+        assert time.monotonic() < deadline, "orphaned workers did not stop"
+        time.sleep(0.1)
+    assert {json.loads((j / "status.json").read_text())["signal"] for j in jobs} == {signal.SIGHUP}
+
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (again.stdout + again.stderr).count("interrupted earlier, resuming from its checkpoint") == 2
+    assert {r["status"] for r in table(tmp_path / "s")} == {"completed"}

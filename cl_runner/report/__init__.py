@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cl_runner import io
+from cl_runner import io, run_folder
 from cl_runner.report.comparisons import default_factors
 from cl_runner.report.figures import save_results_png, save_tsne_grid
 from cl_runner.report.jobs import factor_columns, load_jobs
@@ -59,17 +59,25 @@ def rerun_command(config: DictConfig) -> str:
 
 
 class SweepReportCallback(Callback):
-    """At the start of a multirun, the command that resumes it; at its end, the sweep's report and that
-    command again."""
+    """At the start of a multirun, the command that resumes it; at its end, the sweep's report, that command
+    again, and one line per job that failed in this multirun (then exit code 2). Jobs may run in other processes
+    or on other machines (joblib, submitit): they write their errors into the sweep folder's errors.log."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        run_folder.forget_sweep_errors(Path(config.hydra.sweep.dir))
         log.info("sweep folder %s; to resume or extend this sweep, run: %s", config.hydra.sweep.dir,
                  rerun_command(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = build_report(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        path = build_report(sweep_dir)
         log.info("sweep report: %s\n%s\nto resume or extend this sweep, run: %s", path, path.read_text(),
                  rerun_command(config))
+        errors = run_folder.sweep_errors(sweep_dir)
+        for line in errors:
+            print(f"cl-run: error: {line}", file=sys.stderr)
+        if errors:  # Hydra turns a callback's exceptions into warnings: the sweep's exit status is set here
+            sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,7 +45,6 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("schedule.lr_scaling", lambda v: v in LR_SCALING, f"one of {', '.join(LR_SCALING)}"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.test_subset", lambda v: v is None or (_is_int(v) and v >= 20), "null or an integer >= 20"),
-    ("dataset.verify", lambda v: isinstance(v, bool), "true or false"),
     ("eval.features", lambda v: v in ("backbone", "projector"), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
@@ -57,13 +56,27 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("eval.tsne_points", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 skips t-SNE)"),
     ("eval.tsne_perplexity", lambda v: _is_number(v) and v > 0, "a number > 0"),
 ]
+# keys of some data sets only (checked where the chosen one has them)
+DATASET_RULES: list[tuple[str, Callable[[object], bool], str]] = [
+    ("dataset.verify", lambda v: isinstance(v, bool), "true or false"),
+    ("dataset.path", lambda v: isinstance(v, str) and v != "", "the path of a folder of images"),
+    ("dataset.eval_path", lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder's path"),
+    ("dataset.labels", lambda v: v is None or isinstance(v, bool), "null (from the layout), true or false"),
+    ("dataset.test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("dataset.channels", lambda v: v in (None, 1, 3), "null (what most images have), 1 or 3"),
+    ("dataset.image_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    ("dataset.skip_corrupt", lambda v: isinstance(v, bool), "true or false"),
+]
 
 
 def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     """Raise UserError for the first problem found in `cfg`. `choices` maps group -> chosen option (Hydra's
     runtime choices), used to name options in messages."""
     choices = choices or {}
-    for key, ok, allowed in RULES:
+    if OmegaConf.is_missing(cfg.dataset, "path"):
+        raise UserError(f"dataset={choices.get('dataset', 'image_folder')} needs the folder: add dataset.path=DIR")
+    present = [rule for rule in DATASET_RULES if rule[0].split(".", 1)[1] in cfg.dataset.keys()]
+    for key, ok, allowed in RULES + present:
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
         value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
         if not ok(value):

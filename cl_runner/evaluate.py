@@ -29,7 +29,8 @@ def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone",
     uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output."""
     was_training = encoder.training
     encoder.train(False)  # eval mode: BatchNorm uses its running statistics
-    chunks = [encoder.features(normalize(to_unit(images[i:i + batch_size])), features).float().cpu()
+    device = next(encoder.parameters()).device  # images kept in host memory travel a batch at a time
+    chunks = [encoder.features(normalize(to_unit(images[i:i + batch_size].to(device))), features).float().cpu()
               for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(chunks).numpy()

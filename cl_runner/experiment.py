@@ -16,12 +16,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import evaluate, export, io, randomness, run_folder
 from cl_runner.checkpoint import Checkpointer
-from cl_runner.data.datasets import ImageSet, load_split
+from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import parameter_groups
 from cl_runner.randomness import TrainingStreams, seed_everything
-from cl_runner.runtime import device_name, resolve_device, resolve_precision
+from cl_runner.runtime import device_name, fits_on_device, resolve_device, resolve_precision
 from cl_runner.train import (Interrupted, SignalStop, TrainingParts, TrainSettings, TrainState, make_grad_scaler,
                              pretrain)
 
@@ -62,7 +62,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     started = time.perf_counter()
     seed_everything(cfg.seed)
     log.info("run folder %s, device %s (%s), scenario %s", run_dir, device, precision, choices)
-    train, test = load_data(cfg, device, overrides)
+    data = load_data(cfg, device, overrides)
+    train, test = data.train, data.test
     timing = {"data_s": time.perf_counter() - started}
     parts = build_training(cfg, train, device, precision, run_dir)
     state = parts.checkpointer.restore() if cfg.resume else TrainState()
@@ -87,18 +88,19 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if not np.isfinite(test_x).all():
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
-        metrics = evaluate_encoder(cfg, parts.encoder, train, test, test_x)
+        metrics = evaluate_encoder(cfg, parts.encoder, data, test_x)
         metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
         timing["eval_s"] = time.perf_counter() - tick
         stop_if_signalled()
         if cfg.eval.baseline:
             tick = time.perf_counter()
             metrics["baseline"] = metrics_without_figures(
-                metrics if cfg.epochs == 0 else evaluate_initialization(cfg, train, test, device))
+                metrics if cfg.epochs == 0 else evaluate_initialization(cfg, data, device))
             metrics["gain"] = gains(metrics, metrics["baseline"])
             timing["baseline_s"] = time.perf_counter() - tick
             stop_if_signalled()
         metrics.update(run_record(cfg, choices, stats, timing, device, precision))
+        metrics["classes"] = test.classes  # for the report's figures (empty: unlabelled)
         io.write_json(run_dir / "metrics.json", metrics)  # as soon as the figures exist; again at the end
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
         export.log_hparams(writer, hyperparameters(cfg, choices, precision), final_figures(metrics), stats.steps)
@@ -106,9 +108,10 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
 
     tick = time.perf_counter()
     first = cfg.eval.protocols[0]
-    export.save_confusion_png(run_dir / "confusion_matrix.png", metrics[first]["confusion_matrix"], test.classes,
-                              f"{scenario_title(choices)}: linear probe, {first} protocol, "
-                              f"top-1 {metrics[first]['linear_top1']:.3f}")
+    if first in metrics:
+        export.save_confusion_png(run_dir / "confusion_matrix.png", metrics[first]["confusion_matrix"],
+                                  test.classes, f"{scenario_title(choices)}: linear probe, {first} protocol, "
+                                  f"top-1 {metrics[first]['linear_top1']:.3f}")
     export.save_weights(parts.encoder, run_dir / "encoder.pt")
     timing["export_s"] = time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
@@ -127,29 +130,44 @@ def run_record(cfg: DictConfig, choices: dict, stats, timing: dict, device: torc
                             "torch": torch.__version__, "threads": torch.get_num_threads()}}
 
 
-def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> tuple[ImageSet, ImageSet]:
-    """Both splits, read once onto the training device; sizes the config depends on are checked here."""
-    train, test = (load_split(cfg.dataset.name, cfg.dataset.root, split, cfg.dataset.verify)
-                   for split in ("train", "test"))
-    train = train.head(cfg.dataset.train_subset).to(device)
-    test = test.head(cfg.dataset.test_subset).to(device)
-    channels, side = train.images.shape[1], train.images.shape[-1]
-    if (cfg.dataset.channels, cfg.dataset.image_size) != (channels, side):
-        raise UserError(f"dataset.channels={cfg.dataset.channels} and dataset.image_size={cfg.dataset.image_size} "
-                        f"do not match the data: dataset={cfg.dataset.name} has {channels}-channel images of side "
-                        f"{side}")
-    if cfg.batch_size > len(train):
-        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} images)")
-    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(test):
-        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(test)} test images")
-    log.info("data: %d train, %d test images of shape %s", len(train), len(test), tuple(train.images.shape[1:]))
-    return train, test
+def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> Splits:
+    """The data set's splits, read once, on the training device when they fit there (else in the host's pinned
+    memory, batches gathered there each step); what the run needs of the data is checked here."""
+    dataset = instantiate(cfg.dataset)
+    if not dataset.labelled:  # before any image is decoded
+        check_label_free(cfg, dataset.name)
+    data = dataset.load()
+    data = Splits(*(placed(split, device) for split in (data.train, data.test, data.probe)))
+    if cfg.batch_size > len(data.train):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} images)")
+    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(data.test):
+        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(data.test)} test images")
+    log.info("data: %d train, %d test images of shape %s%s", len(data.train), len(data.test),
+             tuple(data.train.images.shape[1:]), "" if data.test.labelled else ", unlabelled")
+    return data
+
+
+def check_label_free(cfg: DictConfig, name: str) -> None:
+    """Refuse a training setup that draws on class labels, for a data set that has none."""
+    if cfg.pairing.get("negatives") == "label_aware":
+        raise UserError(f"{name} has no labels, but pairing.negatives=label_aware draws negatives from other "
+                        "classes; use pairing.negatives=random")
+
+
+def placed(split: ImageSet, device: torch.device) -> ImageSet:
+    """`split` on `device` when it fits in half its free memory, else in the host's pinned memory."""
+    if device.type != "cuda" or fits_on_device(split.images.numel(), device):
+        return split.to(device)
+    log.info("the images (%.1f GB) do not fit in the GPU's free memory: kept in pinned host memory",
+             split.images.numel() / 1e9)
+    return split.to(device, pin=True)
 
 
 def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
                    run_dir: Path) -> TrainingParts:
     streams = TrainingStreams.from_seed(cfg.seed, device)
-    encoder = build_encoder(cfg, device)
+    encoder = build_encoder(cfg, train.images.shape[1], device)
+    check_image_size(encoder, train, cfg.encoder.backbone._target_.rsplit(".", 1)[-1])
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), streams)
     loss_fn = instantiate(cfg.loss)
@@ -169,21 +187,38 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
                          Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
 
 
-def build_encoder(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """The encoder as initialized from the run's `init` stream: the same weights for every run of this seed and
-    encoder, whatever its loss, augmentation or data order."""
+def build_encoder(cfg: DictConfig, channels: int, device: torch.device) -> torch.nn.Module:
+    """The encoder for images of `channels` channels as initialized from the run's `init` stream: the same
+    weights for every run of this seed and encoder, whatever its loss, augmentation or data order."""
     with randomness.seeded(cfg.seed, "init"):
-        encoder = instantiate(cfg.encoder)
+        encoder = instantiate(cfg.encoder, backbone={"in_channels": channels})
     return encoder.to(device)
 
 
-def evaluate_initialization(cfg: DictConfig, train: ImageSet, test: ImageSet, device: torch.device) -> dict:
+def check_image_size(encoder: torch.nn.Module, images: ImageSet, name: str) -> None:
+    """Refuse images that the encoder cannot take: too small for its layers, or giving features of another size
+    than its head was built for (the study's CNN is sized for 28x28 to 32x32 images)."""
+    side = "x".join(str(n) for n in images.images.shape[-2:])
+    sample = images.take(torch.arange(1, device=next(encoder.parameters()).device))
+    try:
+        features = evaluate.embed(encoder, sample)
+    except RuntimeError as err:
+        raise UserError(f"images of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}); set "
+                        "dataset.image_size larger (image folders) or choose another encoder") from err
+    expected = encoder.backbone.embedding_dim
+    if features.shape[1] != expected:
+        raise UserError(f"the encoder's {name} gives {features.shape[1]} features for images of {side}, not its "
+                        f"{expected}: it is built for 28x28 to 32x32 images; set dataset.image_size=32 (image "
+                        "folders) or use encoder=resnet18")
+
+
+def evaluate_initialization(cfg: DictConfig, data: Splits, device: torch.device) -> dict:
     """The protocols and diagnostics on the encoder as initialized, before any step (the same weights the run
     started from, rebuilt from its seed, so resume needs nothing saved): the random-encoder baseline each
     trained figure is read against. Equal to an `epochs=0` run of the same seed."""
-    encoder = build_encoder(cfg, device)
+    encoder = build_encoder(cfg, data.train.images.shape[1], device)
     encoder.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)  # as trained
-    return evaluate_encoder(cfg, encoder, train, test, evaluate.embed(encoder, test.images, cfg.eval.features))
+    return evaluate_encoder(cfg, encoder, data, evaluate.embed(encoder, data.test.images, cfg.eval.features))
 
 
 def metrics_without_figures(metrics: dict) -> dict:
@@ -218,17 +253,22 @@ def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
             "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
 
 
-def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, train, test, test_x: np.ndarray) -> dict:
+def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, data: Splits, test_x: np.ndarray) -> dict:
     """Both protocols (as configured) and the diagnostics, on clean images through the frozen encoder;
-    `test_x` holds the test set's embeddings."""
-    test_y = test.labels.cpu().numpy()
-    num_classes = len(test.classes)
+    `test_x` holds the test set's embeddings. Unlabelled test images get the (label-free) diagnostics only."""
     metrics: dict = {"features": cfg.eval.features, "diagnostics": evaluate.diagnostics(test_x)}
+    if not data.test.labelled:
+        log.info("no labels to evaluate with: the probes and kNN are skipped, the diagnostics reported (give "
+                 "dataset.eval_path a labelled folder for the probes)")
+        return metrics
+    test, num_classes = data.test, len(data.test.classes)
+    test_y = test.labels.cpu().numpy()
     if "paper" in cfg.eval.protocols:
         metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=evaluation_seed(cfg),
                                                    test_fraction=cfg.eval.paper_test_fraction, knn_k=cfg.eval.knn_k)
     if "standard" in cfg.eval.protocols:
-        train_x, train_y = evaluate.embed(encoder, train.images, cfg.eval.features), train.labels.cpu().numpy()
+        train_x = evaluate.embed(encoder, data.probe.images, cfg.eval.features)
+        train_y = data.probe.labels.cpu().numpy()
         metrics["standard"] = evaluate.standard_protocol(
             train_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
             cosine_knn_k=cfg.eval.cosine_knn_k, cosine_knn_temperature=cfg.eval.cosine_knn_temperature)
@@ -244,8 +284,9 @@ def view_alignment(cfg: DictConfig, parts: TrainingParts, test: ImageSet, test_x
                    points: int = 2000) -> float:
     """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
     augmentation (seeded, so it is the same for every run of that augmentation)."""
-    images = test.images[:points]
-    generator = randomness.generator(cfg.seed, "alignment", images.device)
+    device = next(parts.encoder.parameters()).device
+    images = test.take(torch.arange(min(points, len(test)), device=device))
+    generator = randomness.generator(cfg.seed, "alignment", device)
     views = parts.sampler.augment(images, generator).mul(255).round_().to(torch.uint8)
     return evaluate.alignment(test_x[:points], evaluate.embed(parts.encoder, views, cfg.eval.features))
 
@@ -263,12 +304,13 @@ def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choice
         log.warning("t-SNE skipped: every test embedding is the same (the encoder has collapsed)")
         return 0.0
     tick = time.perf_counter()
-    labels = test.labels[:points].cpu().numpy()
+    labels = test.labels[:points].cpu().numpy() if test.labelled else np.full(points, -1)  # -1: unlabelled
     coords = export.tsne(test_x[:points], seed=evaluation_seed(cfg), perplexity=cfg.eval.tsne_perplexity)
     export.write_tsne_csv(run_dir / "tsne.csv", coords, labels)
     export.save_tsne_png(run_dir / "tsne.png", coords, labels, test.classes,
                          f"{scenario_title(choices)}: t-SNE of the first {points} test images")
-    writer.add_embedding(test_x[:points], metadata=[test.classes[c] for c in labels], tag="test_embeddings")
+    writer.add_embedding(test_x[:points], metadata=[test.classes[c] for c in labels] if test.labelled else None,
+                         tag="test_embeddings")
     return time.perf_counter() - tick
 
 

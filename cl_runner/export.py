@@ -66,7 +66,10 @@ def read_tsne_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_tsne(ax: plt.Axes, coords: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
+    """One colour per class; unlabelled points (label -1, no classes) in one grey."""
     cmap = plt.get_cmap("tab10")
+    if not classes:
+        ax.scatter(coords[:, 0], coords[:, 1], s=4, color="0.35", alpha=0.8)
     for c, name in enumerate(classes):
         mask = labels == c
         ax.scatter(coords[mask, 0], coords[mask, 1], s=4, color=cmap(c % 10), label=name, alpha=0.8)
@@ -78,7 +81,8 @@ def plot_tsne(ax: plt.Axes, coords: np.ndarray, labels: np.ndarray, classes: lis
 def save_tsne_png(path: Path, coords: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     plot_tsne(ax, coords, labels, classes, title)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
+    if classes:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
     save_figure(fig, path)
 
 

@@ -89,6 +89,24 @@ def runs_in_worker(launcher: DictConfig) -> bool:
     return "joblib" in str(launcher.get("_target_", ""))
 
 
+def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> bool:
+    """Whether `nbytes` of data fit in `share` of the device's free memory (the rest: the model, its activations
+    and the augmented batches)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
+def host_memory_available() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def job_threads(launcher: DictConfig) -> int | None:
     """Torch threads for one job when a launcher runs several at once, so that they share the cores instead of
     each taking them all: the cores over joblib's `n_jobs` (negative: as joblib counts), or submitit's

@@ -15,7 +15,7 @@ import time
 import torch
 
 from cl_runner.data.augment import PadRotateScale, SimCLRAugment, to_unit
-from cl_runner.data.datasets import load_split
+from cl_runner.data.datasets import CIFAR10, MNIST, Digits
 from cl_runner.runtime import device_name, resolve_device, retain_freed_memory
 
 
@@ -59,7 +59,9 @@ def main() -> None:
     retain_freed_memory()  # as cl-run does
 
     device = resolve_device(args.device)
-    images = load_split(args.dataset, args.data_root, "train").images[:args.batch_size].to(device)
+    dataset = {"digits": lambda: Digits(), "mnist": lambda: MNIST(args.data_root),
+               "cifar10": lambda: CIFAR10(args.data_root)}[args.dataset]()
+    images = dataset.read("train").images[:args.batch_size].to(device)
     ours = SimCLRAugment() if args.aug == "simclr" else PadRotateScale()
     theirs = kornia_pipeline(args.aug, images.shape[-1], images.shape[1]).to(device)
     generator = torch.Generator(device).manual_seed(0)

@@ -32,7 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
 from cl_runner.cli import config_dir
-from cl_runner.data.datasets import ImageSet, load_split
+from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import device_name, resolve_device, resolve_precision, retain_freed_memory
@@ -95,8 +95,9 @@ def study_batches(loader: DataLoader, pairing: str, device: torch.device):
 def compose_config(args):
     """The run's config as `cl-run` composes it (Hydra's compose API: the loss picks its pairing)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        root = [f"dataset.root={args.data_root}"] if args.dataset in ("mnist", "cifar10") else []
         return compose("config", overrides=[f"dataset={args.dataset}", f"aug={args.aug}", f"loss={args.loss}",
-                                            f"encoder={args.encoder}", f"dataset.root={args.data_root}"])
+                                            f"encoder={args.encoder}", *root])
 
 
 def time_steps(batches, step, steps: int, warmup: int, device: torch.device) -> float:
@@ -141,7 +142,7 @@ def main() -> None:
     torch.manual_seed(0)
     tuples_per_image = 1 if pairing == "triplet" else 2  # a pair epoch holds two tuples per image
     needed = math.ceil((args.steps + args.warmup) * args.batch_size / tuples_per_image)
-    train = load_split(args.dataset, args.data_root, "train")
+    train = instantiate(cfg.dataset).load().train
     if needed > len(train):
         parser.error(f"--steps and --warmup need {needed} training images; {args.dataset} has {len(train)}")
     train = train.head(needed)
@@ -150,7 +151,8 @@ def main() -> None:
     views = 3 if pairing == "triplet" else 2
 
     def fresh_model(compiled: bool = False):
-        encoder = instantiate(cfg.encoder).to(device, memory_format=memory_format)
+        encoder = instantiate(cfg.encoder, backbone={"in_channels": train.images.shape[1]})
+        encoder = encoder.to(device, memory_format=memory_format)
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
         model = torch.compile(encoder) if compiled else encoder
         return model, instantiate(cfg.loss), optimizer, make_grad_scaler(device, precision)

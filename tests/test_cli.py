@@ -153,7 +153,7 @@ def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path):
 LOSSES = ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
 BAD_INPUTS = [
     (["loss=bogus"], f"Could not find 'loss/bogus'; choose one of: {LOSSES}"),
-    (["dataset=imagenet"], "choose one of: cifar10, digits, mnist, mnist_sample"),
+    (["dataset=imagenet"], "choose one of: cifar10, digits, image_folder, mnist, mnist_sample"),
     (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
     (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
     (["epochs=abc"], "epochs='abc' is not allowed: epochs must be an integer >= 0"),
@@ -177,7 +177,9 @@ BAD_INPUTS = [
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be a number >= 0"),
     (["aug=simclr", "aug.flip_p=1.5"], "aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1]"),
     (["encoder.projector=[0]"], "encoder.projector needs sizes (integers >= 1) ending in the output size"),
-    (["dataset.channels=3"], "dataset.channels=3 and dataset.image_size=28 do not match the data"),
+    (["dataset=image_folder"], "dataset=image_folder needs the folder: add dataset.path=DIR"),
+    (["dataset=image_folder", "dataset.path=missing_folder"], "dataset.path=missing_folder: no such folder"),
+    (["dataset=image_folder", "dataset.path=.", "dataset.channels=2"], "dataset.channels must be null (what most"),
     (["schedule.lr_scaling=cubic"], "schedule.lr_scaling must be one of none, linear, sqrt"),
     (["batch_size=50000"], "batch_size=50000 is larger than the training set (10000 images)"),
     (["eval.protocols=[paper,linear]"], "eval.protocols must be a non-empty list drawn from"),

@@ -2,8 +2,9 @@ import pickle
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from cl_runner.data.datasets import (MNIST_SAMPLE, load_split, read_cifar10, read_digits, read_mnist,
+from cl_runner.data.datasets import (MNIST, MNIST_SAMPLE, MnistSample, read_cifar10, read_digits, read_mnist,
                                     read_mnist_sample, verify_md5)
 from cl_runner.errors import UserError
 
@@ -42,7 +43,8 @@ def test_the_bare_run_uses_the_embedded_sample():
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config")
-    assert cfg.dataset.name == "mnist_sample" and len(load_split(cfg.dataset.name, cfg.dataset.root, "test")) == 2000
+    dataset = instantiate(cfg.dataset)
+    assert isinstance(dataset, MnistSample) and len(dataset.load().test) == 2000
 
 
 def test_digits_is_embedded_upsampled_and_stratified():
@@ -75,9 +77,20 @@ def test_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
         read_cifar10(tmp_path, "test")
 
 
-def test_unknown_data_set_lists_the_known_ones():
-    with pytest.raises(UserError, match="cifar10"):
-        load_split("imagenet", ".", "train")
+def test_gzipped_idx_files_read_as_torchvision_downloads_them(data_root, tmp_path):
+    import gzip
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(gzip.compress((data_root / "MNIST" / "raw" / name).read_bytes()))
+    zipped, plain = MNIST(str(tmp_path)).read("test"), MNIST(str(data_root)).read("test")
+    assert torch.equal(zipped.images, plain.images) and torch.equal(zipped.labels, plain.labels)
+    damaged = bytearray(gzip.decompress((raw / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    damaged[100] = (damaged[100] + 1) % 10
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(damaged)))
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is damaged"):  # its content's MD5 is checked
+        MNIST(str(tmp_path)).read("test")
 
 
 def test_a_damaged_file_fails_its_checksum(data_root, tmp_path):

@@ -93,7 +93,7 @@ def test_fixed_views_are_drawn_once_and_reused():
 
 def test_random_negatives_never_pick_the_anchor_and_do_share_classes():
     data = toy_set(n=50, classes=2)
-    negatives = RandomNegatives(data.labels)
+    negatives = RandomNegatives(len(data.labels))
     g = torch.Generator().manual_seed(5)
     anchors = torch.randint(0, 50, (20000,), generator=g)
     drawn = negatives.sample(anchors, g)

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cl_runner import experiment
-from cl_runner.data.datasets import load_split
+from cl_runner.data.datasets import Digits
 from cl_runner.randomness import TrainingStreams, stream_seed
 from conftest import REPO
 
@@ -22,7 +22,7 @@ def composed(*overrides: str):
 def first_batch(*overrides: str, tmp_path):
     """The encoder as built, and the first step's tuple ids and batch, of a run with these overrides."""
     cfg = composed(*overrides)
-    train = load_split("digits", "", "train").head(256)
+    train = Digits().read("train").head(256)
     parts = experiment.build_training(cfg, train, torch.device("cpu"), "fp32", tmp_path)
     ids = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams.order)[:cfg.batch_size]
     return parts.encoder, ids, parts.sampler.batch(ids, parts.streams)

@@ -1,6 +1,8 @@
-"""Read a data set's files into uint8 image tensors: one `ImageSet` per split, loaded once."""
+"""The data sets cl-run knows by name, one class each (conf/dataset/NAME.yaml instantiates it), reading their
+files into uint8 image tensors: one `ImageSet` per split, loaded once. A folder of one's own: image_folder.py."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pickle
 from dataclasses import dataclass
@@ -43,34 +45,118 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass
 class ImageSet:
-    """One split: `images` uint8 [N, C, H, W], `labels` int64 [N], and the class names."""
+    """One split: `images` uint8 [N, C, H, W], `labels` int64 [N] (None: an unlabelled set), the class names."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     classes: list[str]
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray | None, classes: list[str]) -> "ImageSet":
+        return cls(torch.from_numpy(np.ascontiguousarray(images)),
+                   None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)), classes)
 
-    def to(self, device: torch.device) -> "ImageSet":
-        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def to(self, device: torch.device, pin: bool = False) -> "ImageSet":
+        """On `device`; with `pin`, in the host's page-locked memory instead (copied to a GPU faster)."""
+        images = self.images.pin_memory() if pin else self.images.to(device)
+        return ImageSet(images, None if self.labels is None else self.labels.to(device), self.classes)
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at `indices`, on the indices' device (gathered in host memory first when the images are
+        kept there)."""
+        if self.images.device == indices.device:
+            return self.images.index_select(0, indices)
+        return self.images.index_select(0, indices.cpu()).to(indices.device, non_blocking=True)
 
     def head(self, n: int | None) -> "ImageSet":
         """The first `n` images (all of them when `n` is None)."""
         if n is None:
             return self
-        return ImageSet(self.images[:n], self.labels[:n], self.classes)
+        return ImageSet(self.images[:n], None if self.labels is None else self.labels[:n], self.classes)
 
 
-def load_split(name: str, root: str | Path, split: str, verify: bool = True) -> ImageSet:
-    """Load split `train` or `test` of data set `name` (`mnist_sample`, `digits`, `mnist` or `cifar10`) from
-    `root`; `verify` checks each file's MD5 against the known intact versions first."""
-    readers = {"mnist_sample": lambda: read_mnist_sample(split), "digits": lambda: read_digits(split),
-               "mnist": lambda: read_mnist(Path(root), split, verify),
-               "cifar10": lambda: read_cifar10(Path(root), split, verify)}
-    if name not in readers:
-        raise UserError(f"dataset={name} is not a known data set; choose one of {sorted(readers)}")
-    return readers[name]()
+@dataclass
+class Splits:
+    """What a run reads: `train` (pretraining's images), `test` (the held-out images that evaluation embeds) and
+    `probe` (the standard protocol's training images: `train`, unless the data set has a labelled set of its own
+    for an unlabelled one)."""
+
+    train: ImageSet
+    test: ImageSet
+    probe: ImageSet
+
+
+class DataSet:
+    """A data set as a config group option instantiates it (`_target_` in conf/dataset/NAME.yaml): `load()`
+    returns its splits, `train_subset` / `test_subset` keep only their first images; `labelled` is known before
+    any image is read."""
+
+    name = "data set"
+
+    def __init__(self, train_subset: int | None = None, test_subset: int | None = None):
+        self.train_subset, self.test_subset = train_subset, test_subset
+
+    @property
+    def labelled(self) -> bool:
+        return True
+
+    def load(self) -> Splits:
+        train = self.read("train").head(self.train_subset)
+        return Splits(train, self.read("test").head(self.test_subset), train)
+
+    def read(self, split: str) -> ImageSet:
+        raise NotImplementedError
+
+
+class MnistSample(DataSet):
+    """The embedded default: the first 10,000 training and 2,000 test images of MNIST, inside the package."""
+
+    name = "mnist_sample"
+
+    def read(self, split: str) -> ImageSet:
+        return read_mnist_sample(split)
+
+
+class Digits(DataSet):
+    """scikit-learn's bundled 8x8 digits, upsampled to 28x28 (see `read_digits`)."""
+
+    name = "digits"
+
+    def read(self, split: str) -> ImageSet:
+        return read_digits(split)
+
+
+class MNIST(DataSet):
+    """MNIST from ROOT/MNIST/raw (torchvision's layout; the IDX files plain or gzipped)."""
+
+    name = "mnist"
+
+    def __init__(self, root: str, verify: bool = True, **subsets):
+        super().__init__(**subsets)
+        self.root, self.verify = Path(root), verify
+
+    def read(self, split: str) -> ImageSet:
+        return read_mnist(self.root, split, self.verify)
+
+
+class CIFAR10(DataSet):
+    """CIFAR-10 from the python pickle batches under ROOT/cifar-10-batches-py (torchvision's layout)."""
+
+    name = "cifar10"
+
+    def __init__(self, root: str, verify: bool = True, **subsets):
+        super().__init__(**subsets)
+        self.root, self.verify = Path(root), verify
+
+    def read(self, split: str) -> ImageSet:
+        return read_cifar10(self.root, split, self.verify)
 
 
 def read_mnist_sample(split: str) -> ImageSet:
@@ -100,44 +186,53 @@ def read_digits(split: str, test_fraction: float = 0.2, side: int = 28) -> Image
     return ImageSet(images[idx].contiguous(), labels[idx], MNIST_CLASSES)
 
 
-def read_idx(path: Path, expected_dims: int) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format): big-endian magic 0x0000 08 NDIM, dims, then uint8 data."""
-    raw = path.read_bytes()
+def read_idx(path: Path, expected_dims: int, verify: bool = False) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format): big-endian magic 0x0000 08 NDIM, dims, then uint8 data; `path` or,
+    when only that exists, `path`.gz as downloaded. `verify` checks the (uncompressed) bytes' MD5 first."""
+    zipped = path.with_name(path.name + ".gz")
+    source = zipped if zipped.exists() and not path.exists() else path
+    try:
+        raw = gzip.decompress(source.read_bytes()) if source == zipped else source.read_bytes()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read {source}: {err}") from err
+    if verify:
+        verify_md5(path, raw)
     if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != expected_dims:
-        raise UserError(f"{path} is not a uint8 IDX file with {expected_dims} dimensions (corrupt or wrong file)")
+        raise UserError(f"{source} is not a uint8 IDX file with {expected_dims} dimensions (corrupt or wrong file)")
     header = 4 + 4 * expected_dims
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims))
     if len(raw) != header + int(np.prod(dims)):
-        raise UserError(f"{path} has {len(raw)} bytes, its header promises {header + int(np.prod(dims))} "
+        raise UserError(f"{source} has {len(raw)} bytes, its header promises {header + int(np.prod(dims))} "
                         "(truncated or corrupt)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def verify_md5(path: Path) -> None:
-    """Refuse a file whose MD5 matches no known intact version of it (files we know nothing of pass)."""
+def verify_md5(path: Path, content: bytes | None = None) -> None:
+    """Refuse a file (or its `content`, read already) whose MD5 matches no known intact version of it (files we
+    know nothing of pass)."""
     known = KNOWN_MD5.get(path.name)
     if not known:
         return
     digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
+    if content is not None:
+        digest.update(content)
+    else:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
     if digest.hexdigest() not in known:
         raise UserError(f"{path} is damaged or not the official file (MD5 {digest.hexdigest()}); replace it, or "
                         "set dataset.verify=false to read it anyway")
 
 
 def read_mnist(root: Path, split: str, verify: bool = False) -> ImageSet:
-    """MNIST from ROOT/MNIST/raw/*-ubyte, downloaded there with torchvision when absent."""
+    """MNIST from ROOT/MNIST/raw/*-ubyte (or *-ubyte.gz), downloaded there with torchvision when absent."""
     folder = root / "MNIST" / "raw"
     image_file, label_file = (folder / f for f in MNIST_FILES[split])
-    if not (image_file.exists() and label_file.exists()):
+    if not all(f.exists() or f.with_name(f.name + ".gz").exists() for f in (image_file, label_file)):
         _download("mnist", root, [folder / f for pair in MNIST_FILES.values() for f in pair])
-    if verify:
-        verify_md5(image_file)
-        verify_md5(label_file)
-    images = read_idx(image_file, 3)
-    labels = read_idx(label_file, 1)
+    images = read_idx(image_file, 3, verify)
+    labels = read_idx(label_file, 1, verify)
     if len(images) != len(labels):
         raise UserError(f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels")
     return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),

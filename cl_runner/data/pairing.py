@@ -58,8 +58,8 @@ class RandomNegatives:
     """Draws, for each anchor, any other image uniformly, labels unseen: the unsupervised setting, where some
     negatives share the anchor's class (the sample bias of Chuang et al. 2020)."""
 
-    def __init__(self, labels: torch.Tensor):
-        self.size = len(labels)
+    def __init__(self, size: int):
+        self.size = size
         if self.size < 2:
             raise ConfigError("random negatives need at least two images")
 
@@ -70,7 +70,7 @@ class RandomNegatives:
         return pos + (pos >= anchors).long()  # skip the anchor's own index
 
 
-NEGATIVES = {"label_aware": LabelAwareNegatives, "random": RandomNegatives}
+NEGATIVES = ("label_aware", "random")
 
 
 class TupleSampler(ABC):
@@ -94,11 +94,13 @@ class TupleSampler(ABC):
     def setup(self, train: ImageSet, augment, streams: TrainingStreams, chunk: int = 4096) -> None:
         self.train, self.augment = train, augment
         self.sync_free = train.images.device.type != "cpu"  # on an accelerator: no data-dependent shapes
-        self.negatives = NEGATIVES[self.negative_kind](train.labels)
+        self.negatives = (LabelAwareNegatives(train.labels) if self.negative_kind == "label_aware"
+                          else RandomNegatives(len(train)))
         self.stored_views = None
         if self.fixed_views:
             self.stored_views = torch.cat([
-                augment(train.images[i:i + chunk], streams.augment).mul(255).round_().to(torch.uint8)
+                augment(train.take(torch.arange(i, min(i + chunk, len(train)), device=streams.augment.device)),
+                        streams.augment).mul(255).round_().to(torch.uint8)
                 for i in range(0, len(train), chunk)])
 
     @abstractmethod
@@ -114,15 +116,15 @@ class TupleSampler(ABC):
         """Augmented views in [0, 1] of the images with indices `anchors`."""
         if self.stored_views is not None:
             return to_unit(self.stored_views.index_select(0, anchors))
-        return self.augment(self.train.images.index_select(0, anchors), generator)
+        return self.augment(self.train.take(anchors), generator)
 
     def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The anchors in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
-        images = self.train.images.index_select(0, anchors)
+        images = self.train.take(anchors)
         return self.augment(images, generator) if self.augment_anchor else to_unit(images)
 
     def negative_images(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return to_unit(self.train.images.index_select(0, self.negatives.sample(anchors, generator)))
+        return to_unit(self.train.take(self.negatives.sample(anchors, generator)))
 
 
 class TripletSampler(TupleSampler):

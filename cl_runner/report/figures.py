@@ -9,7 +9,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cl_runner import export
-from cl_runner.data.datasets import CIFAR10_CLASSES, MNIST_CLASSES
 from cl_runner.intervals import CONFIDENCE, mean_interval
 from cl_runner.report.jobs import ALWAYS_SHOWN, HEADLINE, Job, factor_columns, label, scenarios, values
 
@@ -68,7 +67,9 @@ def save_tsne_grid(path: Path, jobs: list[Job]) -> bool:
         ax.axis("off")
     for ax, job in zip(axes.flat, panels):
         coords, labels = export.read_tsne_csv(job.folder / "tsne.csv")
-        classes = CIFAR10_CLASSES if job.factors.get("dataset") == "cifar10" else MNIST_CLASSES
+        classes = job.metrics.get("classes")
+        if classes is None:  # written before metrics.json named them: the label numbers
+            classes = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
         top1 = job.value("", "paper", "linear_top1")
         title = " / ".join(job.factors.get(g, "?") for g in ALWAYS_SHOWN) + f", seed {job.seed}"
         export.plot_tsne(ax, coords, labels, classes, title + (f"\npaper top-1 {top1:.3f}" if top1 else ""))

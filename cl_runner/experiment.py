@@ -197,18 +197,18 @@ def build_encoder(cfg: DictConfig, channels: int, device: torch.device) -> torch
 
 def check_image_size(encoder: torch.nn.Module, images: ImageSet, name: str) -> None:
     """Refuse images that the encoder cannot take: too small for its layers, or giving features of another size
-    than its head was built for (the study's CNN is sized for 28x28 to 32x32 images)."""
+    than its head was built for (the study's CNN is sized for 18x18 to 33x33 images)."""
     side = "x".join(str(n) for n in images.images.shape[-2:])
     sample = images.take(torch.arange(1, device=next(encoder.parameters()).device))
     try:
-        features = evaluate.embed(encoder, sample)
+        features = evaluate.embed(encoder, sample, "backbone")
     except RuntimeError as err:
         raise UserError(f"images of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}); set "
                         "dataset.image_size larger (image folders) or choose another encoder") from err
     expected = encoder.backbone.embedding_dim
     if features.shape[1] != expected:
         raise UserError(f"the encoder's {name} gives {features.shape[1]} features for images of {side}, not its "
-                        f"{expected}: it is built for 28x28 to 32x32 images; set dataset.image_size=32 (image "
+                        f"{expected}: it is built for 18x18 to 33x33 images; set dataset.image_size=32 (image "
                         "folders) or use encoder=resnet18")
 
 

@@ -20,6 +20,14 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache(tmp_path_factory) -> Path:
+    """Image folders decoded by the tests (and their cl-run subprocesses) cache their pixels here, not in ~/.cache."""
+    folder = tmp_path_factory.mktemp("image_cache")
+    os.environ["CL_CACHE_DIR"] = str(folder)
+    return folder
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "cl_runner",
             timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m cl_runner ARGS` (the same entry point as `cl-run`) in `cwd`."""

@@ -102,7 +102,7 @@ def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     import subprocess
 
     result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "dataset: cifar10, digits, mnist, mnist_sample" in result.stdout
+    assert result.returncode == 0 and "dataset: cifar10, digits, image_folder, mnist, mnist_sample" in result.stdout
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):

@@ -273,3 +273,10 @@ def test_images_too_small_for_the_encoder_are_refused_before_training(tmp_path, 
     with pytest.raises(UserError, match="the encoder's PamiCNN gives 8 features for images of 8x8, not its 32"):
         experiment.run(run_config("dataset=image_folder", f"dataset.path={folder}", "batch_size=4"),
                        tmp_path / "run", {}, [])
+
+
+def test_a_folder_larger_than_the_memory_available_is_one_line(tmp_path, monkeypatch, untouched):
+    folder = untouched(two_classes(tmp_path / "f"))
+    monkeypatch.setattr(image_folder, "host_memory_available", lambda: 4096)
+    with pytest.raises(UserError, match=r"its 10 images need 7.7 KiB of memory, 4.0 KiB are available"):
+        ImageFolder(str(folder)).load()

@@ -304,9 +304,8 @@ class ImageFolder(DataSet):
         keep[meta["skipped"]] = False
         needed, available = int(keep.sum()) * int(np.prod(pixels.shape[1:])), host_memory_available()
         if available is not None and needed > available:
-            raise UserError(f"{path}: its {int(keep.sum())} images need {needed / 2**30:.1f} GiB of memory, "
-                            f"{available / 2**30:.1f} GiB are available; set dataset.image_size smaller or use "
-                            "a part of the folder")
+            raise UserError(f"{path}: its {int(keep.sum())} images need {size(needed)} of memory, {size(available)} "
+                            "are available; set dataset.image_size smaller or use a part of the folder")
         if meta["skipped"]:
             log.warning("%s: %d images that would not decode skipped (dataset.skip_corrupt=true)", path,
                         len(meta["skipped"]))
@@ -338,16 +337,18 @@ def cached_pixels(path: Path, listings: list[Listing], channels: int | None, sid
     except OSError as err:
         raise UserError(f"cannot create the image cache {folder}: {err.strerror}; set CL_CACHE_DIR to a writable "
                         "folder") from err
-    meta = decode(files, channels, side, skip_corrupt, pixels_file)
+    meta = decode(path, files, channels, side, skip_corrupt, pixels_file)
     temporary = meta_file.with_name(f"{meta_file.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(meta))
     os.replace(temporary, meta_file)  # the marker that the pixels are complete
     return np.load(pixels_file, mmap_mode="r"), meta
 
 
-def decode(files: list[Path], channels: int | None, side: int | None, skip_corrupt: bool, target: Path) -> dict:
-    """Decode `files` into the .npy `target` (written beside it and renamed, so that two runs decoding the same
-    folder at once never leave a half-written cache); returns the channels, side and skipped rows."""
+def decode(path: Path, files: list[Path], channels: int | None, side: int | None, skip_corrupt: bool,
+           target: Path) -> dict:
+    """Decode `files` (of the folder `path`) into the .npy `target` (written beside it and renamed, so that two
+    runs decoding the same folder at once never leave a half-written cache); returns the channels, side and
+    skipped rows."""
     headers = [h for part in parallel_map(read_headers, [(c,) for c in chunked(files)]) for h in part]
     for file, header in zip(files, headers):
         if header.error and not (skip_corrupt and not _unreadable(file)):
@@ -355,7 +356,7 @@ def decode(files: list[Path], channels: int | None, side: int | None, skip_corru
                             + ("" if _unreadable(file) else "; set dataset.skip_corrupt=true to skip such files"))
     good = [h for h in headers if h.error is None]
     if not good:
-        raise UserError(f"none of the {len(files)} image files could be read")
+        raise UserError(f"{path}: none of its {len(files)} image files could be read")
     if channels is None:
         one_band = sum(h.mode in ONE_BAND_MODES for h in good)
         channels = 1 if one_band * 2 > len(good) else 3
@@ -363,8 +364,9 @@ def decode(files: list[Path], channels: int | None, side: int | None, skip_corru
         sizes = Counter(h.size for h in good)
         if len(sizes) > 1 or next(iter(sizes))[0] != next(iter(sizes))[1]:
             found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4))
-            raise UserError(f"the images are not all of one square size ({found}{', ...' if len(sizes) > 4 else ''})"
-                            "; set dataset.image_size=S to resize each one's shorter side to S and crop the centre")
+            more = ", ..." if len(sizes) > 4 else ""
+            raise UserError(f"{path}: the images are not all of one square size ({found}{more}); set "
+                            "dataset.image_size=S to resize each one's shorter side to S and crop the centre")
         side = next(iter(sizes))[0]
     shape = (len(files), channels, side, side)
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp.npy")
@@ -383,6 +385,15 @@ def decode(files: list[Path], channels: int | None, side: int | None, skip_corru
         temporary.unlink(missing_ok=True)
         raise
     return {"channels": channels, "side": side, "skipped": sorted({row for row, _ in failed})}
+
+
+def size(nbytes: float) -> str:
+    """E.g. 7.7 KiB, 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            break
+        nbytes /= 1024
+    return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
 
 
 def _unreadable(file: Path) -> bool:

@@ -55,7 +55,7 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False) -> dic
     With `full_trace` (HYDRA_FULL_ERROR=1), every error is raised, for Hydra to print its traceback."""
     hydra_cfg = HydraConfig.get()
     retain_freed_memory()  # again: a launcher may run the job in a process of its own
-    threads = job_threads(hydra_cfg.launcher)
+    threads = job_threads(hydra_cfg.launcher) if hydra_cfg.mode.name == "MULTIRUN" else None  # a run: all cores
     if threads:
         torch.set_num_threads(threads)
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}

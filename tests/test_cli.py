@@ -39,6 +39,8 @@ def test_a_run_leaves_every_promised_file(digits_run):
     assert config["epochs"] == 1 and config["aug"]["_target_"].endswith("SimCLRAugment")
     last = (digits_run / "cl_run.log").read_text().strip().splitlines()[-1]
     assert "done in" in last and "over its random initialization" in last and "paper linear 0." in last
+    # one run takes every core torch would (the launcher's share of the cores is for a sweep's jobs)
+    assert json.loads((digits_run / "metrics.json").read_text())["environment"]["threads"] == torch.get_num_threads()
 
 
 def test_metrics_are_nested_by_protocol(digits_run):

@@ -29,8 +29,12 @@ def image_cache(tmp_path_factory) -> Path:
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "cl_runner",
-            timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m cl_runner ARGS` (the same entry point as `cl-run`) in `cwd`."""
+            timeout: int = 600, launcher: str | None = "basic") -> subprocess.CompletedProcess:
+    """Run `python -m cl_runner ARGS` (the same entry point as `cl-run`) in `cwd`. A multirun uses `launcher`
+    unless ARGS choose one: the sequential basic launcher by default, which saves each small test sweep the
+    seconds two joblib workers spend importing torch (the launcher tests and `launcher=None` use the default)."""
+    if launcher and "-m" in args and not any(a.startswith("hydra/launcher=") for a in args):
+        args = [*args, f"hydra/launcher={launcher}"]
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"CL_DATA_ROOT": str(DATA_ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,

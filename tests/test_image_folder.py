@@ -175,6 +175,21 @@ def test_the_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp
     assert len(calls) == 2 and third.train.images[0].sum() == 0
 
 
+def test_two_processes_decoding_one_folder_at_once_leave_one_whole_cache(tmp_path, cache, untouched):
+    import subprocess
+    import sys
+
+    folder = untouched(mnist_sample_folder(tmp_path / "f", train=300, test=100))  # 400 files: worker processes
+    load = "import sys; from cl_runner.data.image_folder import ImageFolder; ImageFolder(sys.argv[1]).load()"
+    runs = [subprocess.Popen([sys.executable, "-c", load, str(folder)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sorted(p.suffix for p in (cache / "image_folders").iterdir()) == [".json", ".npy"]  # no temporaries
+    again = ImageFolder(str(folder)).load()
+    assert torch.equal(again.train.images, class_major(MnistSample().load().train, 300).images)
+
+
 def test_an_unlabelled_folder_trains_with_ntxent_and_reports_diagnostics(tmp_path, untouched):
     data = MnistSample().load()
     folder = untouched(write_pngs(tmp_path / "unlabelled", data.train, 300, by_class=False))

@@ -79,7 +79,7 @@ def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_m
 def test_a_job_that_crashes_from_a_bug_is_recorded_failed_and_the_others_go_on(tmp_path):
     crashing = "loss._target_=cl_runner.losses.TripletMarginLoss,crashing_loss.CrashingLoss"
     result = run_cli(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0", "loss=triplet",
-                      crashing, "hydra.sweep.dir=s"], tmp_path,
+                      crashing, "hydra.sweep.dir=s"], tmp_path, launcher=None,  # the default: joblib workers
                      env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                       os.environ.get("PYTHONPATH")]))})
     errors = [line for line in result.stderr.splitlines() if line.startswith("cl-run: error:")]

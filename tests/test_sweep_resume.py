@@ -125,7 +125,7 @@ def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_
         time.sleep(0.1)
     assert {json.loads((j / "status.json").read_text())["signal"] for j in jobs} == {signal.SIGHUP}
 
-    again = run_cli(args, tmp_path)
+    again = run_cli(args, tmp_path, launcher=None)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (again.stdout + again.stderr).count("interrupted earlier, resuming from its checkpoint") == 2
     assert {r["status"] for r in table(tmp_path / "s")} == {"completed"}

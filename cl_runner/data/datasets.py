@@ -133,27 +133,28 @@ class Digits(DataSet):
         return read_digits(split)
 
 
-class MNIST(DataSet):
-    """MNIST from ROOT/MNIST/raw (torchvision's layout; the IDX files plain or gzipped)."""
-
-    name = "mnist"
+class DownloadedDataSet(DataSet):
+    """A data set read from its files under `root` in torchvision's layout (downloaded there when absent);
+    `verify` checks each file's MD5 against the known intact versions first."""
 
     def __init__(self, root: str, verify: bool = True, **subsets):
         super().__init__(**subsets)
         self.root, self.verify = Path(root), verify
+
+
+class MNIST(DownloadedDataSet):
+    """MNIST from ROOT/MNIST/raw (the IDX files plain or gzipped)."""
+
+    name = "mnist"
 
     def read(self, split: str) -> ImageSet:
         return read_mnist(self.root, split, self.verify)
 
 
-class CIFAR10(DataSet):
-    """CIFAR-10 from the python pickle batches under ROOT/cifar-10-batches-py (torchvision's layout)."""
+class CIFAR10(DownloadedDataSet):
+    """CIFAR-10 from the python pickle batches under ROOT/cifar-10-batches-py."""
 
     name = "cifar10"
-
-    def __init__(self, root: str, verify: bool = True, **subsets):
-        super().__init__(**subsets)
-        self.root, self.verify = Path(root), verify
 
     def read(self, split: str) -> ImageSet:
         return read_cifar10(self.root, split, self.verify)

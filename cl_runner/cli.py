@@ -6,12 +6,14 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -103,6 +105,17 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False) -> dic
         return {"error": message}
 
 
+class WorkerSignals(Callback):
+    """A sweep whose jobs run in worker processes (joblib) leaves Ctrl-C to them: they are in its process group,
+    so each finishes its step and writes its checkpoint, and joblib hands the first `Interrupted` back to this
+    process (which ignores SIGINT, instead of tearing the pool down mid-step) and ends the other workers; one
+    ended before it recorded its stop resumes from its last checkpoint all the same."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if runs_in_worker(config.hydra.launcher):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def one_line(err: BaseException) -> str:
     """The first line of an error's message, with the options Hydra lists for an unknown group option."""
     options = getattr(err, "options", None)
@@ -146,9 +159,16 @@ def main() -> None:
         check_output_folders(sys.argv[1:])
         cl_run()
     except Interrupted as stop:
-        print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "
-              f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
+        if "-m" in sys.argv or "--multirun" in sys.argv:
+            print(f"cl-run: stopped by signal {stop.signum}; the sweep's running jobs wrote their checkpoints: run "
+                  "the same command again to resume it", file=sys.stderr)
+        else:
+            print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "
+                  f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint waited for
+        print("cl-run: stopped at once by a second Ctrl-C (the last checkpoint stays)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise

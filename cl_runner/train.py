@@ -95,6 +95,9 @@ class Interrupted(BaseException):
         super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}")
         self.signum, self.checkpoint = signum, checkpoint
 
+    def __reduce__(self):  # rebuilt from its fields when a worker process hands it to the sweep's process
+        return Interrupted, (self.signum, self.checkpoint)
+
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""

@@ -129,3 +129,26 @@ def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_
     assert again.returncode == 0, again.stderr[-2000:]
     assert (again.stdout + again.stderr).count("interrupted earlier, resuming from its checkpoint") == 2
     assert {r["status"] for r in table(tmp_path / "s")} == {"completed"}
+
+
+def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_jobs_in_one_line_and_the_rerun_resumes_them(tmp_path):
+    args = [*SWEEP[:-1], "aug=none", "epochs=6", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
+    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, start_new_session=True,
+                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    jobs = [job(tmp_path / "s", "none", loss, epochs=6) for loss in ("cosine_embedding", "triplet")]
+    deadline = time.monotonic() + 300
+    while not all((j / "checkpoint.pt").exists() for j in jobs):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, stderr = process.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr[-2000:]
+    assert lines == ["cl-run: stopped by signal 2; the sweep's running jobs wrote their checkpoints: run the same "
+                     "command again to resume it"], stderr[-2000:]
+    # the first job to stop ends joblib's pool: a slower one may be ended before it says so (its last checkpoint
+    # stays, and its folder's pid is gone), so "running" is possible too; either way the rerun resumes it
+    assert {json.loads((j / "status.json").read_text())["status"] for j in jobs} <= {"interrupted", "running"}
+    again = run_cli(args, tmp_path, launcher=None)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("resuming from its checkpoint") == 2

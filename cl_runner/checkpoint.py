@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,39 @@ from torch import nn
 
 from cl_runner.io import write_bytes_atomic
 from cl_runner.randomness import TrainingStreams
-from cl_runner.train import TrainState, TrainStats
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainStats:
+    """What pretraining measured: wall time, work done, and the mean loss of every epoch."""
+
+    seconds: float = 0.0
+    steps: int = 0
+    tuples: int = 0
+    images: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def tuples_per_second(self) -> float:
+        return self.tuples / self.seconds if self.seconds else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrainState:
+    """Where training stands, enough to continue it exactly: epochs completed, steps done in the current
+    epoch, that epoch's tuple order and its running loss sum."""
+
+    stats: TrainStats = field(default_factory=TrainStats)
+    epoch: int = 0
+    step_in_epoch: int = 0
+    order: torch.Tensor | None = None
+    epoch_loss_sum: float = 0.0
 
 
 class Checkpointer:

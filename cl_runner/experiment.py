@@ -15,15 +15,14 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import evaluate, export, io, randomness, run_folder
-from cl_runner.checkpoint import Checkpointer
+from cl_runner.checkpoint import Checkpointer, TrainState
 from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import parameter_groups
 from cl_runner.randomness import TrainingStreams, seed_everything
 from cl_runner.runtime import device_name, fits_on_device, resolve_device, resolve_precision
-from cl_runner.train import (Interrupted, SignalStop, TrainingParts, TrainSettings, TrainState, make_grad_scaler,
-                             pretrain)
+from cl_runner.train import Interrupted, SignalStop, TrainingParts, TrainSettings, make_grad_scaler, pretrain
 
 log = logging.getLogger(__name__)
 

@@ -9,55 +9,21 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from cl_runner.checkpoint import Checkpointer, TrainState, TrainStats
 from cl_runner.data.pairing import TupleBatch, TupleSampler
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.randomness import TrainingStreams
 
-if TYPE_CHECKING:
-    from cl_runner.checkpoint import Checkpointer  # which imports this module
-
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TrainStats:
-    """What pretraining measured: wall time, work done, and the mean loss of every epoch."""
-
-    seconds: float = 0.0
-    steps: int = 0
-    tuples: int = 0
-    images: int = 0
-    epoch_losses: list[float] = field(default_factory=list)
-
-    @property
-    def tuples_per_second(self) -> float:
-        return self.tuples / self.seconds if self.seconds else 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class TrainState:
-    """Where training stands, enough to continue it exactly: epochs completed, steps done in the current
-    epoch, that epoch's tuple order and its running loss sum."""
-
-    stats: TrainStats = field(default_factory=TrainStats)
-    epoch: int = 0
-    step_in_epoch: int = 0
-    order: torch.Tensor | None = None
-    epoch_loss_sum: float = 0.0
 
 
 @dataclass

@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
+from cl_runner.checkpoint import TrainState
 from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import device_name, resolve_device, resolve_precision, retain_freed_memory
-from cl_runner.train import TrainingParts, TrainSettings, TrainState, make_grad_scaler, pretrain, train_step
+from cl_runner.train import TrainingParts, TrainSettings, make_grad_scaler, pretrain, train_step
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:

@@ -14,15 +14,15 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import experiment
-from cl_runner.checkpoint import Checkpointer
+from cl_runner.checkpoint import Checkpointer, TrainState
 from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.randomness import TrainingStreams
-from cl_runner.train import (Diverged, Interrupted, SignalStop, TrainingParts, TrainSettings, TrainState,
-                             make_grad_scaler, pretrain)
+from cl_runner.train import (Diverged, Interrupted, SignalStop, TrainingParts, TrainSettings, make_grad_scaler,
+                             pretrain)
 from conftest import DATA_ROOT, REPO, run_cli
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",

@@ -250,6 +250,11 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, dict, str]]:
     (dangling / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     loop = two_classes(tmp_path / "loop")
     (loop / "a" / "again").symlink_to(loop / "a")
+    loose = two_classes(tmp_path / "loose")
+    png(loose / "stray.png")
+    flat = tmp_path / "flat"
+    for i in range(3):
+        png(flat / f"{i}.png")
     return {
         "missing": (tmp_path / "nothing", {}, "no such folder"),
         "empty": (empty, {}, "holds no images and no class folders"),
@@ -261,6 +266,8 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, dict, str]]:
         "sizes": (sizes, {}, "not all of one square size (28x28 (10), 40x40 (1)); set dataset.image_size=S"),
         "unreadable": (dangling, {}, "cannot read " + str(tmp_path / "dangling/a/gone.png: No such file or directory")),
         "symlink loop": (loop, {}, "is a symlink loop"),
+        "loose images": (loose, {}, "holds images beside its class folders (stray.png, ...)"),
+        "labels without classes": (flat, {"labels": True}, "dataset.labels=true, but"),
         "small": (small, {}, None),
     }
 

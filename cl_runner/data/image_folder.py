@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cl_runner.data.datasets import DataSet, ImageSet, Splits
@@ -110,6 +111,8 @@ def list_splits(path: Path, labels: bool | None) -> tuple[Listing, Listing | Non
     if labels is False or (labels is None and direct):
         files, skipped = image_files(path)
         return Listing(files, None, []), None, skipped
+    if direct and not class_folders(path):
+        raise UserError(f"dataset.labels=true, but {path} holds its images without class folders")
     if direct:
         raise UserError(f"{path} holds images beside its class folders ({direct[0].name}, ...); move them into a "
                         "class folder, or set dataset.labels=false")
@@ -149,8 +152,6 @@ class Header:
 
 
 def read_headers(files: list[Path]) -> list[Header]:
-    from PIL import Image, UnidentifiedImageError
-
     headers = []
     for path in files:
         try:
@@ -169,8 +170,6 @@ def describe(err: BaseException) -> str:
 def to_array(image, channels: int, side: int | None) -> np.ndarray:
     """One PIL image -> uint8 [channels, H, W]: 8 bits, `channels` bands, shorter side resized to `side` and
     centre-cropped to a square (when `side` is given)."""
-    from PIL import Image
-
     image.seek(0)  # an animation's first frame
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit (PIL reads 16-bit PNGs as I or I;16)
         wide = np.asarray(image, dtype=np.float64)
@@ -190,12 +189,10 @@ def to_array(image, channels: int, side: int | None) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def decode_into(cache_file: str, shape: tuple, start: int, files: list[str], channels: int,
+def decode_into(cache_file: str, start: int, files: list[str], channels: int,
                 side: int | None) -> list[tuple[int, str]]:
     """Decode `files` into rows start.. of the .npy at `cache_file` (a worker process's share); returns the
     (row, reason) of each file that would not decode."""
-    from PIL import Image
-
     pixels = np.lib.format.open_memmap(cache_file, mode="r+")
     failed = []
     for row, path in enumerate(files, start):
@@ -372,7 +369,7 @@ def decode(path: Path, files: list[Path], channels: int | None, side: int | None
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp.npy")
     try:
         np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        chunks = [(str(temporary), shape, i * CHUNK, c, channels, side) for i, c in enumerate(chunked(files))]
+        chunks = [(str(temporary), i * CHUNK, c, channels, side) for i, c in enumerate(chunked(files))]
         log.info("decoding %d images into the cache %s (once; later runs read it)", len(files), target)
         failed = [f for part in parallel_map(decode_into, chunks, desc="decoding images") for f in part]
         failed += [(row, h.error) for row, h in enumerate(headers) if h.error]

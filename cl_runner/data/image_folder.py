@@ -108,15 +108,16 @@ def list_splits(path: Path, labels: bool | None) -> tuple[Listing, Listing | Non
         test, more = list_classes(test_dir, train.classes)
         return train, test, skipped + more
     direct = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES]
-    if labels is False or (labels is None and direct):
+    folders = class_folders(path)
+    if labels is False or (labels is None and direct and not folders):
         files, skipped = image_files(path)
         return Listing(files, None, []), None, skipped
-    if direct and not class_folders(path):
-        raise UserError(f"dataset.labels=true, but {path} holds its images without class folders")
-    if direct:
+    if direct and folders:
         raise UserError(f"{path} holds images beside its class folders ({direct[0].name}, ...); move them into a "
-                        "class folder, or set dataset.labels=false")
-    if not class_folders(path):
+                        "class folder, or set dataset.labels=false to use them all without labels")
+    if direct:
+        raise UserError(f"dataset.labels=true, but {path} holds its images without class folders")
+    if not folders:
         raise UserError(f"{path} holds no images and no class folders")
     train, skipped = list_classes(path)
     return train, None, skipped

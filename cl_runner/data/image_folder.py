@@ -282,22 +282,21 @@ class ImageFolder(DataSet):
         return self.listings()[0].labels is not None
 
     def load(self) -> Splits:
-        train, test = self.read(self.path, self.listings(), self.channels, self.image_size)
+        train, test = self.decoded()
         train, test = train.head(self.train_subset), test.head(self.test_subset)
         if self.eval_path is None:
             return Splits(train, test, train)
         channels, side = train.images.shape[1], train.images.shape[-1]
         evaluation = ImageFolder(str(self.eval_path), labels=True, test_fraction=self.test_fraction,
                                  channels=channels, image_size=side, skip_corrupt=self.skip_corrupt)
-        probe, held_out = evaluation.read(evaluation.path, evaluation.listings(), channels, side)
+        probe, held_out = evaluation.decoded()
         log.info("probes from %s: %d train, %d test images", self.eval_path, len(probe), len(held_out))
         return Splits(train, held_out, probe)
 
-    def read(self, path: Path, listings: tuple[Listing, Listing], channels: int | None,
-             side: int | None) -> tuple[ImageSet, ImageSet]:
-        """The images of both listings, from the cache (decoded into it first when needed), in host memory."""
-
-        pixels, meta = cached_pixels(path, list(listings), channels, side, self.skip_corrupt)
+    def decoded(self) -> tuple[ImageSet, ImageSet]:
+        """The training and test images, from the cache (decoded into it first when needed), in host memory."""
+        path, listings = self.path, self.listings()
+        pixels, meta = cached_pixels(path, list(listings), self.channels, self.image_size, self.skip_corrupt)
         keep = np.ones(len(pixels), bool)
         keep[meta["skipped"]] = False
         needed, available = int(keep.sum()) * int(np.prod(pixels.shape[1:])), host_memory_available()

@@ -297,8 +297,9 @@ def test_images_too_small_for_the_encoder_are_refused_before_training(tmp_path, 
                        tmp_path / "run", {}, [])
 
 
-def test_a_folder_larger_than_the_memory_available_is_one_line(tmp_path, monkeypatch, untouched):
+def test_a_folder_larger_than_the_memory_available_is_one_line_before_decoding(tmp_path, monkeypatch, untouched):
     folder = untouched(two_classes(tmp_path / "f"))
     monkeypatch.setattr(image_folder, "host_memory_available", lambda: 4096)
+    monkeypatch.setattr(image_folder, "decode_into", lambda *args: pytest.fail("decoded anyway"))
     with pytest.raises(UserError, match=r"its 10 images need 7.7 KiB of memory, 4.0 KiB are available"):
         ImageFolder(str(folder)).load()

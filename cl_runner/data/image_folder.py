@@ -299,10 +299,7 @@ class ImageFolder(DataSet):
         pixels, meta = cached_pixels(path, list(listings), self.channels, self.image_size, self.skip_corrupt)
         keep = np.ones(len(pixels), bool)
         keep[meta["skipped"]] = False
-        needed, available = int(keep.sum()) * int(np.prod(pixels.shape[1:])), host_memory_available()
-        if available is not None and needed > available:
-            raise UserError(f"{path}: its {int(keep.sum())} images need {size(needed)} of memory, {size(available)} "
-                            "are available; set dataset.image_size smaller or use a part of the folder")
+        check_memory(path, int(keep.sum()), pixels.shape[1:])
         if meta["skipped"]:
             log.warning("%s: %d images that would not decode skipped (dataset.skip_corrupt=true)", path,
                         len(meta["skipped"]))
@@ -366,6 +363,7 @@ def decode(path: Path, files: list[Path], channels: int | None, side: int | None
                             "dataset.image_size=S to resize each one's shorter side to S and crop the centre")
         side = next(iter(sizes))[0]
     shape = (len(files), channels, side, side)
+    check_memory(path, len(files), shape[1:])  # before the decoding, not after it
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp.npy")
     try:
         np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
@@ -382,6 +380,14 @@ def decode(path: Path, files: list[Path], channels: int | None, side: int | None
         temporary.unlink(missing_ok=True)
         raise
     return {"channels": channels, "side": side, "skipped": sorted({row for row, _ in failed})}
+
+
+def check_memory(path: Path, count: int, shape: tuple[int, ...]) -> None:
+    """Refuse `count` images of `shape` (uint8) that would not fit in the host memory available."""
+    needed, available = count * int(np.prod(shape)), host_memory_available()
+    if available is not None and needed > available:
+        raise UserError(f"{path}: its {count} images need {size(needed)} of memory, {size(available)} are "
+                        "available; set dataset.image_size smaller or use a part of the folder")
 
 
 def size(nbytes: float) -> str:

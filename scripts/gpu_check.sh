@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The GPU checks a session runs when its task is lent a GPU (the device tool), as one script under time limits;
+# every result lands as one of 7 flat files in $OUT (default ./gpu-check-out; the device returns at most 8).
+# Prepare here, where PyPI is reachable:
+#   ../shared/tools/pack-data                  # data + hydra wheels into .device-data/ (three parts)
+#   python3 -m pip wheel -q --no-deps -w .device-data/wheels hydra-joblib-launcher hydra-submitit-launcher \
+#       submitit cloudpickle                   # the launcher plugins cl-run's config names
+# then, on the device: three `run` calls (part-00; part-01; part-02 + wheels with `bash scripts/gpu_check.sh`).
+# On a CPU, `GPU_CHECK_TINY=1 bash scripts/gpu_check.sh` runs the same steps in about a minute (device=cpu, tiny runs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+TINY=${GPU_CHECK_TINY:-0}
+if [ "$TINY" = 1 ]; then
+  DEVICE=cpu; STEPS=2
+  GRID=(epochs=1 batch_size=256 dataset.train_subset=512 dataset.test_subset=200 eval.tsne_points=50)
+  R18=(epochs=1 dataset.train_subset=256 dataset.test_subset=100 batch_size=64 eval.tsne_points=0)
+  R18_LIMIT=120
+else
+  DEVICE=cuda; STEPS=20; GRID=(); R18=(); R18_LIMIT=${GPU_CHECK_R18_SECONDS:-180}
+fi
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/steps.txt"; }
+
+log "machine"
+{ nvidia-smi -L 2>&1 || true; echo "cores $(nproc)"; python3 -c "import torch; print('torch', torch.__version__,
+'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } >> "$OUT/steps.txt" 2>&1
+
+if [ -d .device-data ] && [ ! -d .device-data/unpacked ]; then
+  log "unpack data and install"
+  mkdir -p .device-data/unpacked && cat .device-data/part-* | xz -d | tar -x -C .device-data/unpacked
+  python3 -m pip install -q --no-index --no-deps .device-data/wheels/*.whl >> "$OUT/steps.txt" 2>&1
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$OUT/steps.txt" 2>&1
+fi
+[ -d .device-data/unpacked ] && export CL_DATA_ROOT=$PWD/.device-data/unpacked
+export CL_DATA_ROOT=${CL_DATA_ROOT:-../shared/data}
+
+log "host syncs in one training step"
+timeout 120 python3 - "$DEVICE" > "$OUT/host_sync.txt" 2>&1 <<'EOF'
+"""One warm training step of the study's CIFAR-10 simclr triplet run under torch's sync debug mode: every
+host-device synchronization in it is reported (none is the design on a GPU)."""
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from cl_runner import experiment
+from cl_runner.cli import config_dir
+from cl_runner.runtime import resolve_precision
+from cl_runner.train import train_step
+
+device = torch.device(sys.argv[1])
+with initialize_config_dir(config_dir(), version_base="1.3"):
+    cfg = compose("config", overrides=["dataset=cifar10", "aug=simclr", "loss=triplet", "batch_size=256"])
+data = experiment.load_data(cfg, device, [])
+precision = resolve_precision("auto", device)
+parts = experiment.build_training(cfg, data.train, device, precision, Path(tempfile.mkdtemp()))
+order = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams.order, device=device)
+
+
+def step(i: int) -> None:
+    batch = parts.sampler.batch(order[i * 256:(i + 1) * 256], parts.streams)
+    train_step(parts.encoder, parts.loss_fn, parts.optimizer, parts.scaler, batch, device=device,
+               precision=precision, memory_format=torch.channels_last)
+
+
+step(0)  # warm-up: allocations, autotuning
+if device.type == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    step(1)
+if device.type == "cuda":
+    torch.cuda.set_sync_debug_mode("default")
+syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+print(f"device {device}, precision {precision}: {len(syncs)} host syncs in one step")
+for line in syncs:
+    print(" ", line)
+EOF
+log "host sync check exit $?"
+
+log "bench_pipeline"
+timeout 180 python3 scripts/bench_pipeline.py --device "$DEVICE" --dataset cifar10 --aug simclr --loss triplet \
+  --batch-size 1024 --steps "$STEPS" > "$OUT/bench_pipeline.txt" 2>&1
+log "bench_pipeline exit $?"
+
+log "paper_grid"
+{ time timeout 300 cl-run -m experiment=paper_grid "device=$DEVICE" "${GRID[@]}" \
+    hydra.sweep.dir="$OUT/.grid" ; } > "$OUT/paper_grid.txt" 2>&1
+log "paper_grid exit $?"
+cp "$OUT/.grid/results.md" "$OUT/paper_grid_results.md" 2>/dev/null
+
+log "SimCLR ResNet-18 on CIFAR-10, as many epochs as $R18_LIMIT s allow"
+{ time timeout "$R18_LIMIT" cl-run experiment=simclr_cifar10 "device=$DEVICE" "${R18[@]}" \
+    checkpoint_every=1 hydra.run.dir="$OUT/.simclr" ; } > "$OUT/simclr_r18.txt" 2>&1
+log "simclr_r18 exit $? (124: stopped by the time limit after writing its checkpoint)"
+grep -h "epoch .*tuples/s\|done in" "$OUT/.simclr/cl_run.log" >> "$OUT/simclr_r18.txt" 2>/dev/null
+cp "$OUT/.simclr/metrics.json" "$OUT/simclr_r18_metrics.json" 2>/dev/null
+rm -rf "$OUT/.grid" "$OUT/.simclr"  # only flat files come back
+log "done"

@@ -77,11 +77,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+JOB_MEMORY = 4 * 2**30  # bytes a local sweep job is allowed for (the embedded default's jobs peaked at 1.2 GB)
+
+
 def local_sweep_jobs() -> int:
     """How many jobs of a sweep the local launcher runs at once: one per core on a CPU-only machine (two one-thread
-    jobs at once took 0.6-0.7x the time of two-thread jobs one after another on a 2-core CPU: README), one at a
-    time where CUDA is present (the jobs would share one GPU)."""
-    return 1 if torch.cuda.is_available() else available_cores()
+    jobs at once took 0.6-0.7x the time of two-thread jobs one after another on a 2-core CPU: README), as many
+    as the memory available holds at JOB_MEMORY each; one at a time where CUDA is present (the jobs would share
+    one GPU)."""
+    if torch.cuda.is_available():
+        return 1
+    memory = host_memory_available()
+    return max(1, min(available_cores(), memory // JOB_MEMORY if memory is not None else available_cores()))
 
 
 def runs_in_worker(launcher: DictConfig) -> bool:

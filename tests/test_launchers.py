@@ -22,17 +22,25 @@ def completed_jobs(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
 
 
-def test_the_default_launcher_runs_one_job_per_core_on_a_cpu_only_machine():
+def test_the_default_launcher_runs_one_job_per_core_as_memory_allows_on_a_cpu_only_machine(monkeypatch):
     from hydra import compose, initialize_config_dir
 
+    from cl_runner import runtime
     from cl_runner.cli import config_dir
-    from cl_runner.runtime import available_cores, job_threads
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
         launcher = compose("config", return_hydra_config=True).hydra.launcher
     assert "JoblibLauncher" in launcher._target_
-    if not torch.cuda.is_available():
-        assert launcher.n_jobs == available_cores() and job_threads(launcher) == 1
+    if torch.cuda.is_available():
+        return
+    assert launcher.n_jobs == runtime.local_sweep_jobs() and runtime.job_threads(launcher) == 1
+    monkeypatch.setattr(runtime, "available_cores", lambda: 16)
+    monkeypatch.setattr(runtime, "host_memory_available", lambda: 24 * 2**30)
+    assert runtime.local_sweep_jobs() == 6  # 16 cores, but memory for 6 jobs
+    monkeypatch.setattr(runtime, "host_memory_available", lambda: 2**30)
+    assert runtime.local_sweep_jobs() == 1
+    monkeypatch.setattr(runtime, "host_memory_available", lambda: None)
+    assert runtime.local_sweep_jobs() == 16
 
 
 def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_sharing_the_cores(tmp_path):

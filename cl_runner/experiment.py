@@ -136,7 +136,8 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> Sp
     if not dataset.labelled:  # before any image is decoded
         check_label_free(cfg, dataset.name)
     data = dataset.load()
-    data = Splits(*(placed(split, device) for split in (data.train, data.test, data.probe)))
+    train, test = placed(data.train, device), placed(data.test, device)
+    data = Splits(train, test, train if data.probe is data.train else placed(data.probe, device))
     if cfg.batch_size > len(data.train):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(data.test):

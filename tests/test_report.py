@@ -135,3 +135,25 @@ def test_comparisons_csv_keeps_each_factor_s_context_in_its_own_columns(sweep):
     (by_loss,) = [r for r in rows if r["factor"] == "loss"]  # within dataset x aug
     assert (by_loss["aug"], by_loss["loss"]) == ("simclr", "")
     assert by_aug["unpaired ± paper linear"] and by_aug["unpaired ± standard linear"]
+
+
+def test_a_sweep_without_labels_reports_its_diagnostics_with_intervals(tmp_path):
+    rankmes, initial = [5.0, 6.0, 7.0], [3.0, 3.5, 4.0]
+    for seed, (rankme, start) in enumerate(zip(rankmes, initial)):
+        folder = tmp_path / f"loss=ntxent,seed={seed}"
+        folder.mkdir()
+        scenario = {"dataset": "image_folder", "aug": "simclr", "loss": "ntxent"}
+        (folder / "status.json").write_text(json.dumps({"status": "completed", "scenario": scenario}))
+        (folder / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+        diagnostics = {"rankme": rankme, "uniformity": -2.0, "alignment": 0.5}
+        (folder / "metrics.json").write_text(json.dumps({
+            "scenario": scenario, "seed": seed, "diagnostics": diagnostics,
+            "baseline": {"diagnostics": {"rankme": start, "uniformity": -1.0}}}))
+    text = report.build_report(tmp_path).read_text()
+    cells = dict(zip(rows_of(text, "dataset")[0], rows_of(text, "image_folder")[0]))
+    expected, start = mean_interval(rankmes), mean_interval(initial)
+    assert cells["diagnostics RankMe"] == f"{expected.mean:.4f} ± {expected.half_width:.4f}"
+    assert cells["random init, diagnostics RankMe"] == f"{start.mean:.4f} ± {start.half_width:.4f}"
+    assert "paper linear" not in cells
+    with open(tmp_path / "results.csv") as fh:
+        assert [row["diagnostics.rankme"] for row in csv.DictReader(fh)] == ["5.0000", "6.0000", "7.0000"]

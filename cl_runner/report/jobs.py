@@ -19,7 +19,10 @@ METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_to
 SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear_top1"), ("standard", "knn_top1"),
            ("standard", "cosine_knn_top1")]
 HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
-NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN"}
+# label-free figures (the random initialization's have no alignment: it needs the run's augmentation)
+DIAGNOSTICS = [("diagnostics", "rankme"), ("diagnostics", "uniformity"), ("diagnostics", "alignment")]
+NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN",
+         "rankme": "RankMe"}
 
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cl_runner.intervals import CONFIDENCE, METHOD, Interval, mean_interval
 from cl_runner.report.comparisons import contrasts, following_factors
-from cl_runner.report.jobs import HEADLINE, METRICS, SUMMARY, Job, factor_columns, label, scenarios, values
+from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, Job, factor_columns, label, scenarios,
+                                  values)
 
 
 def _cell(interval: Interval, signed: bool = False) -> str:
@@ -21,19 +22,22 @@ def _cell(interval: Interval, signed: bool = False) -> str:
 
 def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """One row per scenario: mean ± half-width over its completed seeds for the summary metrics, the random
-    initialization's headline figures and the gain over it, and a note where training did not help."""
+    initialization's headline figures and the gain over it, and a note where training did not help. A sweep
+    without labels (no probe figures at all) shows the label-free diagnostics and the random initialization's."""
     columns = factor_columns(jobs)
-    header = [*columns, "seeds", *(label(p, m) for p, m in SUMMARY),
-              *(f"random init, {label(p, m)}" for p, m in HEADLINE), *(f"gain, {label(p, m)}" for p, m in HEADLINE),
+    label_free = not any(values(jobs, "", p, m) for p, m in SUMMARY)
+    shown, initial, gained = (DIAGNOSTICS, DIAGNOSTICS[:2], []) if label_free else (SUMMARY, HEADLINE, HEADLINE)
+    header = [*columns, "seeds", *(label(p, m) for p, m in shown),
+              *(f"random init, {label(p, m)}" for p, m in initial), *(f"gain, {label(p, m)}" for p, m in gained),
               "note"]
     rows = []
     for group in scenarios(jobs).values():
         done = [j for j in group if j.completed]
         row = [group[0].factors.get(c, "") for c in columns]
         row.append(str(len(done)))
-        row += [_cell(mean_interval(values(done, "", p, m))) for p, m in SUMMARY]
-        row += [_cell(mean_interval(values(done, "baseline", p, m))) for p, m in HEADLINE]
-        gains = [mean_interval(values(done, "gain", p, m)) for p, m in HEADLINE]
+        row += [_cell(mean_interval(values(done, "", p, m))) for p, m in shown]
+        row += [_cell(mean_interval(values(done, "baseline", p, m))) for p, m in initial]
+        gains = [mean_interval(values(done, "gain", p, m)) for p, m in gained]
         row += [_cell(g, signed=True) for g in gains]
         row.append(_note(group, done, gains))
         rows.append(row)
@@ -85,10 +89,14 @@ def csv_table(header: list[str], rows: list[list[str]]) -> str:
     return text.getvalue()
 
 
+# the diagnostics of the trained encoder and of its random initialization, in the CSV files
+LABEL_FREE = [("", p, m) for p, m in DIAGNOSTICS] + [("baseline", p, m) for p, m in DIAGNOSTICS[:2]]
+
+
 def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """The long table: one row per job with its seed, every metric, the random initialization's and the gain."""
     columns = factor_columns(jobs)
-    figures = [("", p, m) for p, m in METRICS] + [(s, p, m) for s in ("baseline", "gain") for p, m in METRICS]
+    figures = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE
     header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in figures), "train_s", "status"]
     rows = []
     for job in jobs:
@@ -103,7 +111,7 @@ def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
 def interval_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """Per scenario and metric (trained, baseline, gain): mean, low, high and n, for further analysis."""
     columns = factor_columns(jobs)
-    figures = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS]
+    figures = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE
     header = [*columns]
     for figure in figures:
         name = ".".join(filter(None, figure))

@@ -70,14 +70,16 @@ class SweepReportCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        path = build_report(sweep_dir)
-        log.info("sweep report: %s\n%s\nto resume or extend this sweep, run: %s", path, path.read_text(),
-                 rerun_command(config))
-        errors = run_folder.sweep_errors(sweep_dir)
-        for line in errors:
-            print(f"cl-run: error: {line}", file=sys.stderr)
-        if errors:  # Hydra turns a callback's exceptions into warnings: the sweep's exit status is set here
-            sys.exit(2)
+        try:
+            path = build_report(sweep_dir)
+            log.info("sweep report: %s\n%s\nto resume or extend this sweep, run: %s", path, path.read_text(),
+                     rerun_command(config))
+        finally:  # the jobs' errors, even where no report could be made
+            errors = run_folder.sweep_errors(sweep_dir)
+            for line in errors:
+                print(f"cl-run: error: {line}", file=sys.stderr)
+            if errors:  # Hydra turns a callback's exceptions into warnings: the sweep's exit status is set here
+                sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

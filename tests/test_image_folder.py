@@ -13,9 +13,10 @@ from PIL import Image
 
 from cl_runner import experiment
 from cl_runner.cli import config_dir
-from cl_runner.data import image_folder
+from cl_runner.data import image_cache
 from cl_runner.data.datasets import CIFAR10, DataSet, ImageSet, MnistSample, Splits
-from cl_runner.data.image_folder import ImageFolder, to_array
+from cl_runner.data.image_cache import to_array
+from cl_runner.data.image_folder import ImageFolder
 from cl_runner.errors import UserError
 
 
@@ -162,8 +163,8 @@ def test_the_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp
     folder = mnist_sample_folder(tmp_path / "f", train=60, test=30)
     before = listing(folder)
     calls = []
-    original = image_folder.decode
-    monkeypatch.setattr(image_folder, "decode", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = image_cache.decode
+    monkeypatch.setattr(image_cache, "decode", lambda *a, **k: calls.append(1) or original(*a, **k))
     first = ImageFolder(str(folder)).load()
     second = ImageFolder(str(folder)).load()
     assert len(calls) == 1 and torch.equal(first.train.images, second.train.images)
@@ -299,7 +300,7 @@ def test_images_too_small_for_the_encoder_are_refused_before_training(tmp_path, 
 
 def test_a_folder_larger_than_the_memory_available_is_one_line_before_decoding(tmp_path, monkeypatch, untouched):
     folder = untouched(two_classes(tmp_path / "f"))
-    monkeypatch.setattr(image_folder, "host_memory_available", lambda: 4096)
-    monkeypatch.setattr(image_folder, "decode_into", lambda *args: pytest.fail("decoded anyway"))
+    monkeypatch.setattr(image_cache, "host_memory_available", lambda: 4096)
+    monkeypatch.setattr(image_cache, "decode_into", lambda *args: pytest.fail("decoded anyway"))
     with pytest.raises(UserError, match=r"its 10 images need 7.7 KiB of memory, 4.0 KiB are available"):
         ImageFolder(str(folder)).load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class Splits:
     probe: ImageSet
 
 
-class DataSet:
+class DataSet(ABC):
     """A data set as a config group option instantiates it (`_target_` in conf/dataset/NAME.yaml): `load()`
     returns its splits, `train_subset` / `test_subset` keep only their first images; `labelled` is known before
     any image is read."""
@@ -107,15 +108,24 @@ class DataSet:
     def labelled(self) -> bool:
         return True
 
+    @abstractmethod
+    def load(self) -> Splits:
+        """The training, test and probe images (see `Splits`)."""
+
+
+class SplitReader(DataSet):
+    """A data set that ships its own train/test split: `read(split)` gives one of them."""
+
     def load(self) -> Splits:
         train = self.read("train").head(self.train_subset)
         return Splits(train, self.read("test").head(self.test_subset), train)
 
+    @abstractmethod
     def read(self, split: str) -> ImageSet:
-        raise NotImplementedError
+        """Split `train` or `test`, whole."""
 
 
-class MnistSample(DataSet):
+class MnistSample(SplitReader):
     """The embedded default: the first 10,000 training and 2,000 test images of MNIST, inside the package."""
 
     name = "mnist_sample"
@@ -124,7 +134,7 @@ class MnistSample(DataSet):
         return read_mnist_sample(split)
 
 
-class Digits(DataSet):
+class Digits(SplitReader):
     """scikit-learn's bundled 8x8 digits, upsampled to 28x28 (see `read_digits`)."""
 
     name = "digits"
@@ -133,7 +143,7 @@ class Digits(DataSet):
         return read_digits(split)
 
 
-class DownloadedDataSet(DataSet):
+class DownloadedDataSet(SplitReader):
     """A data set read from its files under `root` in torchvision's layout (downloaded there when absent);
     `verify` checks each file's MD5 against the known intact versions first."""
 

@@ -142,8 +142,11 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> Sp
         raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(data.test):
         raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(data.test)} test images")
-    log.info("data: %d train, %d test images of shape %s%s", len(data.train), len(data.test),
-             tuple(data.train.images.shape[1:]), "" if data.test.labelled else ", unlabelled")
+    log.info("data: %d train, %d test images of shape %s", len(data.train), len(data.test),
+             tuple(data.train.images.shape[1:]))
+    if not data.test.labelled:
+        log.info("no labels to evaluate with: the probes and kNN are skipped, the diagnostics reported (give "
+                 "dataset.eval_path a labelled folder for the probes)")
     return data
 
 
@@ -257,9 +260,7 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, data: Splits, te
     """Both protocols (as configured) and the diagnostics, on clean images through the frozen encoder;
     `test_x` holds the test set's embeddings. Unlabelled test images get the (label-free) diagnostics only."""
     metrics: dict = {"features": cfg.eval.features, "diagnostics": evaluate.diagnostics(test_x)}
-    if not data.test.labelled:
-        log.info("no labels to evaluate with: the probes and kNN are skipped, the diagnostics reported (give "
-                 "dataset.eval_path a labelled folder for the probes)")
+    if not data.test.labelled:  # load_data has said why
         return metrics
     test, num_classes = data.test, len(data.test.classes)
     test_y = test.labels.cpu().numpy()

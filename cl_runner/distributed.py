@@ -1,18 +1,24 @@
 """One run over several processes (torchrun; one per GPU, or gloo processes on a CPU): who this process is, the
-process group, and the gathers that let an in-batch loss see the whole global batch.
+process group, each process's part of a step's global batch, and the gathers that let an in-batch loss (and
+batch normalization) see the whole global batch.
 
-The gather's backward follows the scheme that makes N ranks equal one process (solo-learn's GatherLayer;
-lightly's issue 1528 is what goes wrong otherwise): every rank computes the same loss on the gathered global
-batch, so each holds the same gradient for all of it; the backward sums those over the ranks and hands each rank
-the part of its own embeddings (N times its share), and DistributedDataParallel's average over the N ranks
-then leaves every parameter with exactly the one-process gradient."""
+The gathers' backward follows the scheme that makes N ranks equal one process (solo-learn's GatherLayer;
+lightly's issue 1528 is what goes wrong otherwise): every rank's objective depends on every rank's part, so the
+backward sums the ranks' gradients for all parts and hands each rank the sum for its own part, and
+DistributedDataParallel's average over the N ranks then leaves every parameter with the one-process gradient of
+the mean of the ranks' objectives. Per-tuple losses are weighted (`BatchShare.weight`) so that this mean is the
+mean over the global batch even when the parts differ in size (an epoch's last batch)."""
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer ends the run (a hung rank)
 
 
 @dataclass(frozen=True)
@@ -28,20 +34,65 @@ class World:
         """Rank 0: the one process that writes the run folder."""
         return self.rank == 0
 
+    @property
+    def is_distributed(self) -> bool:
+        return self.size > 1
+
     @classmethod
     def from_env(cls) -> "World":
         """The world torchrun (or SLURM through submitit) describes in RANK, WORLD_SIZE and LOCAL_RANK."""
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                    int(os.environ.get("LOCAL_RANK", 0)))
 
+    def __str__(self) -> str:
+        return f"rank {self.rank} of {self.size}"
 
-def backend(device: torch.device) -> str:
-    """nccl between GPUs, gloo between CPU processes."""
-    return "nccl" if device.type == "cuda" else "gloo"
+
+def join(world: World) -> None:
+    """Join the run's process group (gloo between CPU tensors, nccl between CUDA ones, where CUDA exists), through
+    the rendezvous torchrun describes in MASTER_ADDR and MASTER_PORT."""
+    if world.is_distributed and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=COLLECTIVE_TIMEOUT)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast(value, world: World):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if not world.is_distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def agreed_max(value: int, device: torch.device) -> int:
+    """The largest of the ranks' `value`s (e.g. a signal number, or 1 for a rank that saw a NaN), on every rank:
+    so that all ranks stop, or skip, at the same step."""
+    if not active():
+        return value
+    flag = torch.tensor([value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean over the ranks of a (detached) tensor."""
+    if not active():
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -60,18 +111,108 @@ class _GatherWithGradient(torch.autograd.Function):
         return summed[dist.get_rank()]
 
 
-def gather(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Every rank's `x`, concatenated along `dim` in rank order (gradients flow back to each rank's own part);
-    `x` itself outside a distributed run."""
+def gather(x: torch.Tensor, dim: int = 0, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Every rank's `x`, concatenated along `dim` in rank order, gradients flowing back to each rank's own part;
+    `x` itself outside a distributed run. `sizes`: the ranks' lengths along `dim` where they differ (each part is
+    padded to the longest for the all_gather)."""
     if not active():
         return x
-    return torch.cat(_GatherWithGradient.apply(x), dim=dim)
+    longest = max(sizes) if sizes else x.shape[dim]
+    rows = x.movedim(dim, 0)
+    if len(rows) < longest:
+        rows = torch.cat([rows, rows.new_zeros((longest - len(rows), *rows.shape[1:]))])
+    parts = _GatherWithGradient.apply(rows)
+    if sizes:
+        parts = [part[:size] for part, size in zip(parts, sizes)]
+    return torch.cat(parts).movedim(0, dim)
 
 
-def gather_labels(x: torch.Tensor | None) -> torch.Tensor | None:
-    """Every rank's labels (no gradient), concatenated in rank order."""
-    if x is None or not active():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+def gather_constant(x: torch.Tensor, dim: int = 0, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+    """As `gather`, for tensors that carry no gradient (labels, a momentum encoder's keys, input images)."""
+    with torch.no_grad():
+        return gather(x.detach(), dim, sizes)
+
+
+@dataclass(frozen=True)
+class BatchShare:
+    """This process's part of a step's global batch: the batch is split in rank order into contiguous parts whose
+    sizes differ by at most one (torch.tensor_split's sizes). One process holds the whole batch."""
+
+    sizes: tuple[int, ...]
+    rank: int = 0
+
+    @classmethod
+    def split(cls, total: int, world: World = World()) -> "BatchShare":
+        base, extra = divmod(total, world.size)
+        return cls(tuple(base + (r < extra) for r in range(world.size)), world.rank)
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of the global batch."""
+        start = sum(self.sizes[:self.rank])
+        return slice(start, start + self.sizes[self.rank])
+
+    @property
+    def weight(self) -> float:
+        """The factor on a mean over this process's tuples that makes the ranks' average (DDP's) the mean over
+        the global batch: 1 when the parts are of one size."""
+        return self.sizes[self.rank] * len(self.sizes) / sum(self.sizes)
+
+    def gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """The global batch's `x` along `dim` from every process's part, with gradients (see `gather`)."""
+        return gather(x, dim, self.sizes)
+
+    def gather_constant(self, x: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
+        return None if x is None else gather_constant(x, dim, self.sizes)
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalization over the global batch of a distributed run on CPUs, where torch's SyncBatchNorm (CUDA
+    kernels only) cannot run: each rank's per-channel count, mean and biased variance are gathered (with
+    gradients) and merged (Chan et al. 1979's parallel formula), then the rank normalizes its own part. Equal to
+    BatchNorm on the whole batch; outside training, or outside a distributed run, plain BatchNorm."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(input)
+        dims = [d for d in range(input.dim()) if d != 1]
+        x = input.float()
+        count = torch.tensor(x.numel() / x.shape[1], device=x.device)
+        mean, var = x.mean(dims), x.var(dims, correction=0)
+        stats = gather(torch.stack([mean, var])[None])  # ranks x 2 x channels
+        counts = gather_constant(count[None])  # ranks
+        total = counts.sum()
+        share = (counts / total)[:, None]
+        global_mean = (share * stats[:, 0]).sum(0)
+        global_var = (share * (stats[:, 1] + (stats[:, 0] - global_mean).square())).sum(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(global_mean, momentum)
+                self.running_var.lerp_(global_var * total / (total - 1), momentum)
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        y = (x - global_mean.view(shape)) * torch.rsqrt(global_var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(input.dtype)
+
+
+def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` with every BatchNorm layer normalizing over the global batch: torch's SyncBatchNorm on CUDA,
+    CPUSyncBatchNorm on CPUs. Weights and running statistics are kept."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        synced = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats, device=device)
+        synced.load_state_dict(module.state_dict())
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, sync_batch_norm(child, device))
+    return module

@@ -5,6 +5,7 @@ from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import (LabelAwareNegatives, MultiViewSampler, PairSampler, RandomNegatives,
                                    TripletSampler)
+from cl_runner.distributed import BatchShare, World
 from cl_runner.randomness import TrainingStreams
 
 
@@ -129,3 +130,32 @@ def test_augment_anchor_draws_the_anchor_as_a_view_too():
     assert not torch.equal(anchors, positives)  # independent draws
     with pytest.raises(ValueError, match="negatives"):
         PairSampler(negatives="hard")
+
+
+SAMPLERS = {"triplet": lambda: TripletSampler(augment_anchor=True), "pair": lambda: PairSampler(),
+            "pair_fixed_views": lambda: PairSampler(fixed_views=True, negatives="random"),
+            "multiview": lambda: MultiViewSampler(views=3, negatives="label_aware")}
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_the_ranks_parts_of_a_batch_make_the_one_process_batch(kind, sync_free):
+    """Each of 3 processes builds its rows of a 50-tuple batch (parts of 17, 17 and 16), drawing every parameter
+    for the whole batch: together they are exactly the batch one process builds, bit for bit."""
+    data = toy_set()
+    data = ImageSet(torch.randint(0, 256, (len(data), 3, 8, 8), generator=torch.Generator().manual_seed(5),
+                                  dtype=torch.uint8), data.labels, data.classes)
+    sampler = SAMPLERS[kind]()
+    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    sampler.sync_free = sync_free
+    ids = torch.randperm(sampler.tuples_per_epoch(), generator=torch.Generator().manual_seed(3))[:50]
+    whole = sampler.batch(ids, TrainingStreams.from_seed(1))
+    parts = [sampler.batch(ids, TrainingStreams.from_seed(1), BatchShare.split(50, World(rank, 3)))
+             for rank in range(3)]
+    assert [p.share.sizes for p in parts] == [(17, 17, 16)] * 3
+    views = whole.views
+    assert torch.equal(torch.cat([p.images.unflatten(0, (views, -1)) for p in parts], dim=1),
+                       whole.images.unflatten(0, (views, -1)))
+    for field in ("target", "labels"):
+        if getattr(whole, field) is not None:
+            assert torch.equal(torch.cat([getattr(p, field) for p in parts]), getattr(whole, field))

@@ -4,10 +4,15 @@ Every random parameter is drawn per sample from the caller's `torch.Generator`, 
 operations over the whole batch: one affine warp (`grid_sample`) for crop, rotation, scale and flip, vectorized
 colour operations, and a separable weighted sum of shifted views for blur. torchvision's transforms define what
 each step means; the tests compare against them.
+
+An augmentation draws its parameters (`draw`: a dict of per-sample tensors, first dimension the batch) apart from
+applying them (`apply`), so that the processes of a distributed run can each draw the parameters of the whole
+global batch from the shared stream (cheap) and apply only the rows of their own images.
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -63,14 +68,41 @@ def mean_luma(images: torch.Tensor) -> torch.Tensor:
     return grayscale(images.mean(dim=(2, 3), keepdim=True))
 
 
-class NoAugment:
-    """The positive is the clean image: only the conversion to [0, 1] (normalization comes after)."""
+Params = dict[str, torch.Tensor]  # an augmentation's per-sample parameters, each [B, ...]
+
+
+def rows_of(params: Params, rows: slice | torch.Tensor) -> Params:
+    """The parameters of the samples `rows` (a slice or an index tensor)."""
+    return {name: value[rows] for name, value in params.items()}
+
+
+class Augment(ABC):
+    """Base of the augmentations: `draw` the per-sample parameters of n images of size (height, width), then
+    `apply` them to uint8 images; calling the object does both."""
+
+    @abstractmethod
+    def draw(self, n: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params:
+        """Per-sample parameters of n images, every one drawn from `generator` in a fixed order."""
+
+    @abstractmethod
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """uint8 images [B, C, H, W] -> float views in [0, 1], with the parameters of these B images."""
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(images, self.draw(len(images), images.shape[-2:], generator, images.device))
+
+
+class NoAugment(Augment):
+    """The positive is the clean image: only the conversion to [0, 1] (normalization comes after)."""
+
+    def draw(self, n, size, generator, device) -> Params:
+        return {}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return to_unit(images)
 
 
-class PadRotateScale:
+class PadRotateScale(Augment):
     """Pad-rotate-scale (Guo et al. 2016, as in the study): resize side s to 2s, pad with zeros, rotate by
     U(-max_degrees, max_degrees), centre-crop `crop_ratio` x 2s, resize back to s.
 
@@ -84,10 +116,11 @@ class PadRotateScale:
         self.max_degrees = max_degrees
         self.crop_ratio = crop_ratio
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = images.shape[0]
-        angle = uniform(n, -self.max_degrees, self.max_degrees, generator, images.device)
-        return self.rotate_and_scale(to_unit(images), angle)
+    def draw(self, n, size, generator, device) -> Params:
+        return {"degrees": uniform(n, -self.max_degrees, self.max_degrees, generator, device)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return self.rotate_and_scale(to_unit(images), params["degrees"])
 
     def rotate_and_scale(self, images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
         """Counter-clockwise rotation by `degrees` [B] (torchvision's sense) and zoom-out by crop_ratio."""
@@ -98,7 +131,7 @@ class PadRotateScale:
         return warp(images, theta)
 
 
-class SimCLRAugment:
+class SimCLRAugment(Augment):
     """SimCLR's augmentation (Chen et al. 2020, appendix A), composed as torchvision does: RandomResizedCrop,
     RandomHorizontalFlip, RandomApply(ColorJitter), RandomGrayscale, GaussianBlur. On one-channel images the
     colour steps reduce to brightness and contrast, as in torchvision. `color_strength` is SimCLR's s: it scales
@@ -123,15 +156,23 @@ class SimCLRAugment:
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.blur_kernel, self.blur_sigma = blur_kernel, tuple(blur_sigma)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, device = images.shape[0], images.device
-        boxes = self.crop_boxes(n, images.shape[-2], images.shape[-1], generator, device)
+    def draw(self, n, size, generator, device) -> Params:
+        """In torchvision's order of the steps: crop box, flip, jitter (applied, factors, order), grayscale,
+        blur sigma."""
+        boxes = self.crop_boxes(n, *size, generator, device)
         flips = torch.rand(n, generator=generator, device=device) < self.flip_p
-        x = crop_resize_flip(to_unit(images), boxes, flips)
-        x = self.color_jitter(x, generator)
-        x = self.random_grayscale(x, generator)
+        jitter_applied, jitter_factors, jitter_order = self.jitter_params(n, generator, device)
+        grayscale_picked = torch.rand(n, generator=generator, device=device) < self.grayscale_p
         sigma = uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, device)
-        return gaussian_blur(x, self.blur_kernel, sigma)
+        return {"boxes": boxes, "flips": flips, "jitter_applied": jitter_applied, "jitter_factors": jitter_factors,
+                "jitter_order": jitter_order, "grayscale": grayscale_picked, "sigma": sigma}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        x = crop_resize_flip(to_unit(images), params["boxes"], params["flips"])
+        x = apply_color_jitter(x, params["jitter_applied"], params["jitter_factors"], params["jitter_order"])
+        if x.shape[1] == 3:  # one-channel images are their own grayscale
+            x = torch.lerp(x, grayscale(x).expand_as(x), _per_sample(params["grayscale"].to(x.dtype)))
+        return gaussian_blur(x, self.blur_kernel, params["sigma"])
 
     def crop_boxes(self, n: int, height: int, width: int, generator: torch.Generator,
                    device: torch.device, attempts: int = 10) -> torch.Tensor:
@@ -164,10 +205,6 @@ class SimCLRAugment:
             return height, int(round(height * self.crop_ratio[1]))
         return height, width
 
-    def color_jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """ColorJitter applied with probability jitter_p, its factors and order drawn per sample."""
-        return apply_color_jitter(images, *self.jitter_params(images.shape[0], generator, images.device))
-
     def jitter_params(self, n: int, generator: torch.Generator, device: torch.device):
         """Per sample: applied? [n] bool; (brightness, contrast, saturation, hue) factors [n, 4]; the order
         of the four operations [n, 4] (a random permutation, as torchvision's ColorJitter draws)."""
@@ -180,12 +217,6 @@ class SimCLRAugment:
         ], dim=1)
         order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
         return applied, factors, order
-
-    def random_grayscale(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        picked = torch.rand(images.shape[0], generator=generator, device=images.device) < self.grayscale_p
-        if images.shape[1] == 1:
-            return images
-        return torch.lerp(images, grayscale(images).expand_as(images), _per_sample(picked.to(images.dtype)))
 
 
 def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,10 @@ In the study the anchor is the clean image, the positive an augmented view of it
 another class (label-aware negatives, which avoid the sample bias of Chuang et al. 2020); `negatives=random`
 draws them without labels (the unsupervised setting) and `augment_anchor` augments the anchor too. A sampler
 turns a batch of tuple ids into one stacked batch of model inputs, all on the training device.
+
+In a distributed run each process builds only its part of the global batch (`BatchShare`), but every random
+draw (augmentation parameters, negatives) is made for the whole global batch from the shared streams, so the
+processes' parts together are exactly the batch one process would build.
 """
 from __future__ import annotations
 
@@ -13,22 +17,29 @@ from dataclasses import dataclass
 
 import torch
 
-from cl_runner.data.augment import normalize, to_unit
+from cl_runner.data.augment import normalize, rows_of, to_unit
 from cl_runner.data.datasets import ImageSet
+from cl_runner.distributed import BatchShare
 from cl_runner.errors import ConfigError
 from cl_runner.randomness import TrainingStreams
 
 
 @dataclass
 class TupleBatch:
-    """The model inputs of one step: `views` groups of the same size stacked along dim 0, so the encoder runs
-    once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per pair (pairs only); `labels`
-    the class of each tuple where the pairing may use labels (label-aware multi-view batches)."""
+    """The model inputs of one step (this process's part of it, `share`): `views` groups of the same size stacked
+    along dim 0, so the encoder runs once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per
+    pair (pairs only); `labels` the class of each tuple where the pairing may use labels (label-aware multi-view
+    batches)."""
 
     images: torch.Tensor
     views: int
     target: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    share: BatchShare | None = None
+
+    def __post_init__(self):
+        if self.share is None:
+            self.share = BatchShare((len(self.images) // self.views,))
 
 
 class LabelAwareNegatives:
@@ -108,23 +119,31 @@ class TupleSampler(ABC):
         """How many tuples one epoch visits."""
 
     @abstractmethod
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
-        """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation); views draw from
-        `streams.augment`, negatives from `streams.negatives`."""
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
+        """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation), or of this
+        process's `share` of them; views draw from `streams.augment`, negatives from `streams.negatives`, both
+        for all of `ids`."""
 
-    def positive_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augmented views in [0, 1] of the images with indices `anchors`."""
+    def positive_views(self, anchors: torch.Tensor, generator: torch.Generator,
+                       rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Augmented views in [0, 1] of the images `anchors[rows]`, their parameters drawn for all `anchors`."""
         if self.stored_views is not None:
-            return to_unit(self.stored_views.index_select(0, anchors))
-        return self.augment(self.train.take(anchors), generator)
+            return to_unit(self.stored_views.index_select(0, anchors[rows]))
+        params = self.augment.draw(len(anchors), self.train.images.shape[-2:], generator, anchors.device)
+        return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows))
 
-    def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The anchors in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
-        images = self.train.take(anchors)
-        return self.augment(images, generator) if self.augment_anchor else to_unit(images)
+    def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator,
+                     rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """The anchors `anchors[rows]` in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
+        if self.augment_anchor:
+            params = self.augment.draw(len(anchors), self.train.images.shape[-2:], generator, anchors.device)
+            return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows))
+        return to_unit(self.train.take(anchors[rows]))
 
-    def negative_images(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return to_unit(self.train.take(self.negatives.sample(anchors, generator)))
+    def negative_images(self, anchors: torch.Tensor, generator: torch.Generator,
+                        rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Negatives in [0, 1] for `anchors[rows]`, drawn for all `anchors`."""
+        return to_unit(self.train.take(self.negatives.sample(anchors, generator)[rows]))
 
 
 class TripletSampler(TupleSampler):
@@ -136,11 +155,13 @@ class TripletSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
-        anchors = self.anchor_views(ids, streams.augment)
-        stacked = torch.cat([anchors, self.positive_views(ids, streams.augment),
-                             self.negative_images(ids, streams.negatives)])
-        return TupleBatch(normalize(stacked), views=3)
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
+        share = share or BatchShare((len(ids),))
+        rows = share.rows
+        stacked = torch.cat([self.anchor_views(ids, streams.augment, rows),
+                             self.positive_views(ids, streams.augment, rows),
+                             self.negative_images(ids, streams.negatives, rows)])
+        return TupleBatch(normalize(stacked), views=3, share=share)
 
 
 class PairSampler(TupleSampler):
@@ -153,23 +174,26 @@ class PairSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return 2 * len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
+        share = share or BatchShare((len(ids),))
+        rows = share.rows
         n = len(self.train)
         anchor_ids = ids % n
         is_positive = ids < n
-        anchors = self.anchor_views(anchor_ids, streams.augment)
+        anchors = self.anchor_views(anchor_ids, streams.augment, rows)
         if self.sync_free:  # a positive view and a negative for every pair, the target picks: no host sync
-            second = torch.where(is_positive.view(-1, 1, 1, 1), self.positive_views(anchor_ids, streams.augment),
-                                 self.negative_images(anchor_ids, streams.negatives))
-        else:  # only the images each pair needs
+            second = torch.where(is_positive[rows].view(-1, 1, 1, 1),
+                                 self.positive_views(anchor_ids, streams.augment, rows),
+                                 self.negative_images(anchor_ids, streams.negatives, rows))
+        else:  # only the images each pair needs (drawn for all the batch's positives, and negatives)
             second = torch.empty_like(anchors)
-            positives, negatives = torch.nonzero(is_positive).squeeze(1), torch.nonzero(~is_positive).squeeze(1)
-            second.index_copy_(0, positives, self.positive_views(anchor_ids.index_select(0, positives),
-                                                                 streams.augment))
-            second.index_copy_(0, negatives, self.negative_images(anchor_ids.index_select(0, negatives),
-                                                                  streams.negatives))
-        target = is_positive.float() * 2 - 1
-        return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
+            for picked, make, generator in ((is_positive, self.positive_views, streams.augment),
+                                            (~is_positive, self.negative_images, streams.negatives)):
+                where = torch.nonzero(picked).squeeze(1)  # the global batch's pairs of this kind
+                mine = torch.nonzero((where >= rows.start) & (where < rows.stop)).squeeze(1)
+                second.index_copy_(0, where[mine] - rows.start, make(anchor_ids[where], generator, mine))
+        target = is_positive[rows].float() * 2 - 1
+        return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target, share=share)
 
 
 class MultiViewSampler(TupleSampler):
@@ -191,8 +215,10 @@ class MultiViewSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams) -> TupleBatch:
-        first = self.anchor_views(ids, streams.augment)  # a clean first view unless augment_anchor
-        others = [self.positive_views(ids, streams.augment) for _ in range(self.views - 1)]
-        labels = self.train.labels[ids] if self.negative_kind == "label_aware" else None
-        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels)
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
+        share = share or BatchShare((len(ids),))
+        rows = share.rows
+        first = self.anchor_views(ids, streams.augment, rows)  # a clean first view unless augment_anchor
+        others = [self.positive_views(ids, streams.augment, rows) for _ in range(self.views - 1)]
+        labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None
+        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels, share=share)

@@ -76,12 +76,12 @@ def broadcast(value, world: World):
     return holder[0]
 
 
-def agreed_max(value: int, device: torch.device) -> int:
+def agreed_max(value: int) -> int:
     """The largest of the ranks' `value`s (e.g. a signal number, or 1 for a rank that saw a NaN), on every rank:
-    so that all ranks stop, or skip, at the same step."""
+    so that all ranks stop, or skip, at the same step. A CPU tensor: gloo carries it, no GPU sync."""
     if not active():
         return value
-    flag = torch.tensor([value], device=device)
+    flag = torch.tensor([value])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
 
@@ -180,8 +180,8 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and active()):
             return super().forward(input)
         dims = [d for d in range(input.dim()) if d != 1]
-        x = input.float()
-        count = torch.tensor(x.numel() / x.shape[1], device=x.device)
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # statistics in fp32 at least
+        count = torch.tensor(x.numel() / x.shape[1], device=x.device, dtype=x.dtype)
         mean, var = x.mean(dims), x.var(dims, correction=0)
         stats = gather(torch.stack([mean, var])[None])  # ranks x 2 x channels
         counts = gather_constant(count[None])  # ranks
@@ -208,8 +208,9 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        like = next(iter(module.state_dict().values()), torch.empty(0))
         synced = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats, device=device)
+                                  module.track_running_stats, device=device, dtype=like.dtype)
         synced.load_state_dict(module.state_dict())
         synced.train(module.training)
         return synced

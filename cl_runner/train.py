@@ -16,8 +16,10 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from cl_runner import distributed
 from cl_runner.checkpoint import Checkpointer, TrainState, TrainStats
 from cl_runner.data.pairing import TupleBatch, TupleSampler
+from cl_runner.distributed import BatchShare, World
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.randomness import TrainingStreams
@@ -26,9 +28,24 @@ log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class Objective(nn.Module):
+    """The encoder and the loss as one module whose forward is the training loss of a batch: the unit that
+    DistributedDataParallel wraps, so that it averages the gradients of the loss's own parameters (a predictor)
+    along with the encoder's."""
+
+    def __init__(self, encoder: nn.Module, loss_fn: Loss):
+        super().__init__()
+        self.encoder, self.loss_fn = encoder, loss_fn
+
+    def forward(self, batch: TupleBatch, encode) -> torch.Tensor:
+        return self.loss_fn.training_loss(self.encoder, batch, encode)
+
+
 @dataclass
 class TrainingParts:
-    """Everything pretraining acts on, built from the config (cl_runner.experiment.build_training)."""
+    """Everything pretraining acts on, built from the config (cl_runner.experiment.build_training).
+    `objective`: what computes a batch's loss (an `Objective` of `encoder` and `loss_fn`, compiled or wrapped
+    in DistributedDataParallel as the run asks)."""
 
     encoder: nn.Module
     loss_fn: Loss
@@ -38,12 +55,18 @@ class TrainingParts:
     streams: TrainingStreams
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
     checkpointer: Checkpointer | None = None
+    objective: nn.Module | None = None
+
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = Objective(self.encoder, self.loss_fn)
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """How pretraining runs. channels_last: NHWC memory format for encoder and inputs (faster convolutions on CPU
-    and tensor cores); log_every: steps between logged points (and, on a GPU, NaN checks)."""
+    and tensor cores); log_every: steps between logged points (and, on a GPU, NaN checks); world: the processes
+    of a distributed run, each training on its share of every global batch of `batch_size` tuples."""
 
     epochs: int
     batch_size: int
@@ -52,6 +75,7 @@ class TrainSettings:
     log_every: int = 10
     channels_last: bool = True
     checkpoint_every: int = 1
+    world: World = World()
 
 
 class Interrupted(BaseException):
@@ -127,41 +151,46 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
-def train_step(encoder: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, batch: TupleBatch, *, device: torch.device, precision: str,
-               memory_format: torch.memory_format, progress: float = 1.0,
-               check_finite: bool = False) -> torch.Tensor | None:
-    """One optimization step on a batch of tuples: the loss encodes the views (in one pass by default) under
-    autocast, computes itself in fp32, then the update and the loss's own `after_step` (e.g. a momentum
-    encoder's update; `progress`: share of training done after this step). Returns the loss, not
-    synchronized to the host; with `check_finite` (a host sync), a NaN or infinite loss is not applied and
-    None is returned."""
+def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batch: TupleBatch, *, device: torch.device, precision: str, memory_format: torch.memory_format,
+               progress: float = 1.0, check_finite: bool = False) -> torch.Tensor | None:
+    """One optimization step on a batch of tuples: the `objective`'s loss (an `Objective`, or one wrapped in
+    DistributedDataParallel) encodes the views (in one pass by default) under autocast and computes itself in
+    fp32, then the update and the loss's own `after_step` (e.g. a momentum encoder's update; `progress`: share
+    of training done after this step). Returns the loss, not synchronized to the host; with `check_finite` (a
+    host sync), a NaN or infinite loss (on any process) is not applied and None is returned."""
     def encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with autocast_for(device, precision):
             z = module(images.contiguous(memory_format=memory_format))
-        return z.float().view(batch.views, -1, z.shape[-1])  # views x tuples x dim
+        z = z.to(torch.promote_types(z.dtype, torch.float32))  # the loss computes in fp32 (or wider)
+        return z.view(batch.views, -1, z.shape[-1])  # views x tuples x dim
 
-    loss = loss_fn.training_loss(encoder, batch, encode)
-    if check_finite and not torch.isfinite(loss):
+    loss = objective(batch, encode)
+    if check_finite and distributed.agreed_max(int(not torch.isfinite(loss))):
         return None
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    loss_fn.after_step(encoder, progress)
+    inner = getattr(objective, "module", objective)  # DistributedDataParallel's wrapped module
+    inner.loss_fn.after_step(inner.encoder, progress)
     return loss.detach()
 
 
-def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, writer: SummaryWriter,
+def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, writer: SummaryWriter | None,
              stop_signal: Callable[[], int | None] = lambda: None) -> TrainStats:
     """Train `parts.encoder` in place from `state` up to `settings.epochs` passes over the sampler's tuples, in
     random order, stepping the learning-rate schedule (a torch LR scheduler) after every optimizer step. Each
     epoch's order draws from `parts.streams.order`, each batch's negatives and views from the sampler's streams.
+    In a distributed run every process draws the same order and trains on its share of each batch; the figures
+    logged (to `writer`, rank 0's) are the global batch's.
 
     The checkpointer saves every `settings.checkpoint_every` epochs (0: never) and when `stop_signal()` names a
-    signal, which then ends training with `Interrupted` after the current step.
+    signal (on any process: they agree at every step), which then ends training with `Interrupted` after the
+    current step.
     """
     encoder, loss_fn, sampler, streams = parts.encoder, parts.loss_fn, parts.sampler, parts.streams
+    world = settings.world
     epochs, batch_size, device = settings.epochs, settings.batch_size, settings.device
     checkpointer = parts.checkpointer
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -175,7 +204,7 @@ def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, w
     encoder.train()
     loss_fn.train()
     bar = tqdm(total=total_steps, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
-               unit="step", dynamic_ncols=True, mininterval=1.0)
+               unit="step", dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
     start = time.perf_counter() - stats.seconds
     try:
         while state.epoch < epochs:
@@ -187,8 +216,8 @@ def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, w
             while state.step_in_epoch < steps_per_epoch:
                 first = state.step_in_epoch * batch_size
                 ids = state.order[first:first + batch_size]
-                batch = sampler.batch(ids, streams)
-                loss = train_step(encoder, loss_fn, parts.optimizer, parts.scaler, batch, device=device,
+                batch = sampler.batch(ids, streams, BatchShare.split(len(ids), world))
+                loss = train_step(parts.objective, parts.optimizer, parts.scaler, batch, device=device,
                                   precision=settings.precision,
                                   memory_format=memory_format, progress=(stats.steps + 1) / total_steps,
                                   check_finite=(stats.steps + 1) % finite_check_every == 0)
@@ -200,31 +229,34 @@ def pretrain(parts: TrainingParts, state: TrainState, settings: TrainSettings, w
                 state.step_in_epoch += 1
                 stats.steps += 1
                 stats.tuples += len(ids)
-                stats.images += len(batch.images)
+                stats.images += batch.views * len(ids)
                 epoch_loss += loss
                 window_loss += loss
                 window_steps += 1
                 bar.update()
                 if stats.steps % settings.log_every == 0 or state.step_in_epoch == steps_per_epoch:
-                    mean_loss = (window_loss / window_steps).item()  # the only host sync: every log_every steps
+                    # the only host sync: every log_every steps
+                    mean_loss = distributed.mean_over_ranks(window_loss / window_steps).item()
                     stats.seconds = time.perf_counter() - start
-                    writer.add_scalar("train/loss", mean_loss, stats.steps)
-                    writer.add_scalar("train/lr", parts.optimizer.param_groups[0]["lr"], stats.steps)
-                    writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", mean_loss, stats.steps)
+                        writer.add_scalar("train/lr", parts.optimizer.param_groups[0]["lr"], stats.steps)
+                        writer.add_scalar("train/tuples_per_s", stats.tuples_per_second, stats.steps)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
-                                         tuples_per_s=f"{stats.tuples_per_second:.0f}")
+                                    tuples_per_s=f"{stats.tuples_per_second:.0f}")
                     window_loss, window_steps = torch.zeros((), device=device), 0
-                signum = stop_signal()
+                signum = distributed.agreed_max(stop_signal() or 0) or None
                 if signum is not None and checkpointer is not None:
-                    state.epoch_loss_sum = epoch_loss.item()
+                    state.epoch_loss_sum = distributed.mean_over_ranks(epoch_loss).item()
                     stats.seconds = time.perf_counter() - start
                     raise Interrupted(signum, checkpointer.save(state))
-            stats.epoch_losses.append(epoch_loss.item() / steps_per_epoch)
+            stats.epoch_losses.append(distributed.mean_over_ranks(epoch_loss).item() / steps_per_epoch)
             if not math.isfinite(stats.epoch_losses[-1]):
                 _diverged(stats.steps, checkpointer)
             state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
             stats.seconds = time.perf_counter() - start
-            writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], state.epoch)
+            if writer is not None:
+                writer.add_scalar("train/epoch_loss", stats.epoch_losses[-1], state.epoch)
             log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", state.epoch, epochs, stats.epoch_losses[-1],
                      stats.tuples_per_second)
             if checkpointer is not None and settings.checkpoint_every and (

@@ -66,7 +66,7 @@ def training_tuples_per_s(splits: Splits, steps: int, device: torch.device, run_
     def step(i: int) -> None:
         ids = order[(i * 256) % (len(order) - 256):][:256]
         batch = parts.sampler.batch(ids, parts.streams)
-        train_step(parts.encoder, parts.loss_fn, parts.optimizer, parts.scaler, batch, device=device,
+        train_step(parts.objective, parts.optimizer, parts.scaler, batch, device=device,
                    precision="fp32", memory_format=memory_format)
 
     for i in range(3):

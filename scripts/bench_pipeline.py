@@ -37,7 +37,7 @@ from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import TupleBatch
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import device_name, resolve_device, resolve_precision, retain_freed_memory
-from cl_runner.train import TrainingParts, TrainSettings, make_grad_scaler, pretrain, train_step
+from cl_runner.train import Objective, TrainingParts, TrainSettings, make_grad_scaler, pretrain, train_step
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
@@ -156,7 +156,7 @@ def main() -> None:
         encoder = encoder.to(device, memory_format=memory_format)
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
         model = torch.compile(encoder) if compiled else encoder
-        return model, instantiate(cfg.loss), optimizer, make_grad_scaler(device, precision)
+        return Objective(model, instantiate(cfg.loss)), optimizer, make_grad_scaler(device, precision)
 
     def model_step(parts):
         def step(batch):
@@ -209,14 +209,14 @@ def prepared_batches(cfg, train: ImageSet, args, device: torch.device) -> list[T
 def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str,
                    channels_last: bool) -> float:
     """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run."""
-    encoder, loss_fn, optimizer, scaler = parts
+    objective, optimizer, scaler = parts
     sampler = instantiate(cfg.pairing)
     streams = TrainingStreams.from_seed(0, device)
     sampler.setup(train, instantiate(cfg.aug), streams)
     with tempfile.TemporaryDirectory() as logs, SummaryWriter(log_dir=logs) as writer:
         def run(steps: int) -> float:
-            training = TrainingParts(encoder, loss_fn, _Limited(sampler, steps * args.batch_size), optimizer, scaler,
-                                     streams)
+            training = TrainingParts(objective.encoder, objective.loss_fn, _Limited(sampler, steps * args.batch_size),
+                                     optimizer, scaler, streams, objective=objective)
             settings = TrainSettings(epochs=1, batch_size=args.batch_size, device=device, precision=precision,
                                      channels_last=channels_last, checkpoint_every=0)
             start = time.perf_counter()
@@ -238,8 +238,8 @@ class _Limited:
     def tuples_per_epoch(self) -> int:
         return self.tuples
 
-    def batch(self, ids, streams):
-        return self.sampler.batch(ids, streams)
+    def batch(self, ids, streams, share=None):
+        return self.sampler.batch(ids, streams, share)
 
 
 def print_table(figures: dict, setting: dict) -> None:

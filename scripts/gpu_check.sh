@@ -63,7 +63,7 @@ order = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams
 
 def step(i: int) -> None:
     batch = parts.sampler.batch(order[i * 256:(i + 1) * 256], parts.streams)
-    train_step(parts.encoder, parts.loss_fn, parts.optimizer, parts.scaler, batch, device=device,
+    train_step(parts.objective, parts.optimizer, parts.scaler, batch, device=device,
                precision=precision, memory_format=torch.channels_last)
 
 

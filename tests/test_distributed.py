@@ -1,6 +1,9 @@
-"""Two gloo processes (real ones, spawned) with gathered embeddings give every in-batch loss the value and the
-parameter gradients of one process on the concatenated batch: the equivalence lightly's issues 1528 (a gather
-whose backward made 1- and 2-GPU runs differ) and 1977 (Barlow Twins gradients off by 1/world_size) were about."""
+"""Two gloo processes (real ones, spawned), each with its share of a global batch, train through the same
+`train_step` that cl-run runs, under DistributedDataParallel and batch normalization over the global batch: for
+every loss the loss, the gradients after one step and the weights and running statistics after two equal those
+of one process on the whole batch. This is the equivalence that lightly's issues 1528 (a gather whose backward
+made 1- and 2-GPU runs differ) and 1977 (Barlow Twins gradients off by 1/world_size) were about. The batch of 15
+tuples splits 8/7, so the weighting of uneven parts is tested too."""
 from __future__ import annotations
 
 import socket
@@ -9,49 +12,88 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from cl_runner import distributed
-from cl_runner.losses import BarlowTwinsLoss, DebiasedNTXentLoss, NPairLoss, NTXentLoss, SupConLoss, VICRegLoss
+from cl_runner.data.pairing import TupleBatch
+from cl_runner.distributed import BatchShare, World
+from cl_runner.train import Objective, make_grad_scaler, train_step
+from conftest import REPO
 
-WORLD = 2
-LOSSES = {"ntxent": lambda: NTXentLoss(temperature=0.5), "supcon": lambda: SupConLoss(temperature=0.5),
-          "debiased": lambda: DebiasedNTXentLoss(), "npair": lambda: NPairLoss(),
-          "barlow_twins": lambda: BarlowTwinsLoss(), "vicreg": lambda: VICRegLoss()}
-VIEWS, TUPLES, FEATURES, DIM = 2, 16, 12, 8
-
-
-def problem():
-    """A linear 'encoder' and a batch of images [views, tuples, features] with labels, the same in every process
-    (float64: the ranks' sums run in another order, so equality is up to rounding, kept far below any real error)."""
-    generator = torch.Generator().manual_seed(0)
-    encoder = nn.Linear(FEATURES, DIM).double()
-    with torch.no_grad():
-        encoder.weight.copy_(torch.randn(DIM, FEATURES, generator=generator))
-        encoder.bias.copy_(torch.randn(DIM, generator=generator))
-    images = torch.randn(VIEWS, TUPLES, FEATURES, generator=generator, dtype=torch.float64)
-    labels = torch.randint(0, 4, (TUPLES,), generator=generator)
-    return encoder, images, labels
+WORLD, TUPLES, CPU = 2, 15, torch.device("cpu")
+LOSSES = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+VIEWS = {"triplet": 3, "contrastive": 2, "cosine_embedding": 2}
 
 
-def loss_and_gradients(name: str, encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-    z = distributed.gather(encoder(images), dim=1)  # the global batch, in rank order
-    loss = LOSSES[name]()(z, None, distributed.gather_labels(labels))
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in encoder.parameters()]
+class TinyEncoder(nn.Sequential):
+    """A convolution, batch norm (synchronized in the distributed run) and a linear projection to 8 dimensions."""
+
+    output_dim = 8
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, self.output_dim))
+
+
+def make_loss(name: str) -> nn.Module:
+    cfg = OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml").loss
+    overrides = {"moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16}}
+    return instantiate(cfg, **overrides.get(name, {}))
+
+
+def global_batches(name: str) -> list[TupleBatch]:
+    """Two steps' global batches (float64: the ranks' sums run in another order, so equality is up to rounding,
+    kept far below any real error)."""
+    generator = torch.Generator().manual_seed(1)
+    views = VIEWS.get(name, 2)
+    return [TupleBatch(torch.randn(views * TUPLES, 1, 6, 6, generator=generator, dtype=torch.float64), views,
+                       target=torch.randint(0, 2, (TUPLES,), generator=generator).double() * 2 - 1
+                       if views == 2 and name in VIEWS else None,
+                       labels=torch.randint(0, 3, (TUPLES,), generator=generator)) for _ in range(2)]
+
+
+def part(batch: TupleBatch, share: BatchShare) -> TupleBatch:
+    rows = share.rows
+    images = batch.images.unflatten(0, (batch.views, -1))[:, rows].flatten(0, 1)
+    return TupleBatch(images, batch.views, None if batch.target is None else batch.target[rows],
+                      batch.labels[rows], share)
+
+
+def train_two_steps(name: str, world: World) -> dict:
+    torch.manual_seed(0)  # the encoder, MoCo's first queue, i-Mix's draws: the same in every process
+    encoder = TinyEncoder().double()
+    loss_fn = make_loss(name)
+    if world.is_distributed:
+        encoder = distributed.sync_batch_norm(encoder, CPU)
+    loss_fn.setup(encoder, TUPLES)
+    loss_fn.double()
+    if world.is_distributed:
+        loss_fn = distributed.sync_batch_norm(loss_fn, CPU)
+    trained = [p for p in (*encoder.parameters(), *loss_fn.parameters()) if p.requires_grad]
+    optimizer = torch.optim.SGD(trained, lr=0.05, momentum=0.9)
+    objective = Objective(encoder, loss_fn)
+    if world.is_distributed:
+        objective = nn.parallel.DistributedDataParallel(objective)
+    record = {}
+    for step, batch in enumerate(global_batches(name)):
+        loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), part(batch, BatchShare.split(
+            TUPLES, world)), device=CPU, precision="fp32", memory_format=torch.contiguous_format, progress=0.5)
+        if step == 0:
+            record["loss"] = distributed.mean_over_ranks(loss)  # what the training log reports
+            record["gradients"] = [p.grad.clone() for p in trained]
+    record["weights"] = [p.detach().clone() for p in trained]
+    record["state"] = {k: v.clone() for k, v in objective.state_dict().items() if "num_batches" not in k}
+    record["state"] = {k.removeprefix("module."): v for k, v in record["state"].items()}
+    return record
 
 
 def rank_main(rank: int, port: int, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         for name in LOSSES:
-            encoder, images, labels = problem()
-            share = slice(rank * TUPLES // WORLD, (rank + 1) * TUPLES // WORLD)  # this rank's slice of the batch
-            loss, grads = loss_and_gradients(name, encoder, images[:, share], labels[share])
-            for grad in grads:  # what DistributedDataParallel does: the mean over the ranks
-                dist.all_reduce(grad)
-                grad /= WORLD
-            results[(name, rank)] = (loss, grads)
+            results[(name, rank)] = train_two_steps(name, World(rank, WORLD))
     finally:
         dist.destroy_process_group()
 
@@ -70,12 +112,27 @@ def two_ranks() -> dict:
         return dict(results)
 
 
+def test_every_loss_config_is_covered():
+    assert len(LOSSES) == 13
+
+
 @pytest.mark.parametrize("name", LOSSES)
-def test_two_ranks_equal_one_process_on_the_whole_batch(name, two_ranks):
-    encoder, images, labels = problem()
-    reference_loss, reference_grads = loss_and_gradients(name, encoder, images, labels)  # not distributed
+def test_two_ranks_train_as_one_process_on_the_whole_batch(name, two_ranks):
+    reference = train_two_steps(name, World())
     for rank in range(WORLD):
-        loss, grads = two_ranks[(name, rank)]
-        torch.testing.assert_close(loss, reference_loss, rtol=1e-12, atol=1e-12)
-        for grad, reference in zip(grads, reference_grads):
-            torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-12)
+        ours = two_ranks[(name, rank)]
+        torch.testing.assert_close(ours["loss"], reference["loss"], rtol=1e-10, atol=1e-12)
+        for key in ("gradients", "weights"):
+            for got, expected in zip(ours[key], reference[key]):
+                torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+        assert ours["state"].keys() == reference["state"].keys()
+        for key, expected in reference["state"].items():  # BN running statistics and MoCo's queue too
+            torch.testing.assert_close(ours["state"][key], expected, rtol=1e-9, atol=1e-12, msg=key)
+
+
+def test_a_batch_splits_into_parts_that_differ_by_one_at_most():
+    assert BatchShare.split(15, World(0, 2)).sizes == (8, 7)
+    assert [BatchShare.split(10, World(r, 4)).rows for r in range(4)] == [slice(0, 3), slice(3, 6), slice(6, 8),
+                                                                          slice(8, 10)]
+    assert BatchShare.split(15, World(1, 2)).weight == pytest.approx(7 * 2 / 15)
+    assert BatchShare.split(15).weight == 1.0

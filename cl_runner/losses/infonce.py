@@ -35,6 +35,7 @@ class _InBatchContrastive(Loss, ABC):
     """Shared by NT-Xent and SupCon: multi_positive_contrastive over the masks a subclass defines."""
 
     pairings = ("multiview",)
+    in_batch = True
 
     def __init__(self, temperature: float):
         super().__init__()
@@ -95,6 +96,7 @@ class DebiasedNTXentLoss(Loss):
 
     pairings = ("multiview",)
     two_views = True
+    in_batch = True
 
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1):
         super().__init__()
@@ -125,6 +127,7 @@ class NPairLoss(Loss):
 
     pairings = ("multiview",)
     two_views = True
+    in_batch = True
 
     def __init__(self, l2_reg: float = 0.002):
         super().__init__()
@@ -146,10 +149,11 @@ class IMixLoss(Loss):
     permutation pi of the batch, mixes the first views in input space, x_i = lambda x_i + (1 - lambda) x_pi(i),
     and trains the similarities of the mixed views to the (unmixed) second views, s_ij = a_i . p_j / T on
     l2-normalized embeddings, with the mixed virtual labels lambda e_i + (1 - lambda) e_pi(i) as soft targets of
-    a cross-entropy."""
+    a cross-entropy. In a distributed run the permutation and the mixing partners range over the global batch."""
 
     pairings = ("multiview",)
     two_views = True
+    in_batch = True
 
     def __init__(self, temperature: float = 0.2, alpha: float = 1.0):
         super().__init__()
@@ -159,11 +163,14 @@ class IMixLoss(Loss):
         self.beta = torch.distributions.Beta(alpha, alpha)
 
     def training_loss(self, encoder, batch, encode):
+        share = batch.share
         first, second = batch.images.unflatten(0, (2, -1))  # each: tuples x C x H x W
         mix = float(self.beta.sample())  # drawn on the CPU: no device sync
-        permutation = torch.randperm(len(first), device=first.device)
-        mixed = torch.lerp(first[permutation], first, mix)  # mix * first + (1 - mix) * first[permutation]
-        z = encode(encoder, torch.cat([mixed, second]))
+        everyones_first = share.gather_constant(first)  # the global batch's first views
+        permutation = torch.randperm(len(everyones_first), device=first.device)
+        partners = everyones_first[permutation[share.rows]]
+        mixed = torch.lerp(partners, first, mix)  # mix * first + (1 - mix) * first[permutation]
+        z = share.gather(encode(encoder, torch.cat([mixed, second])), dim=1)
         return self(z, mix, permutation)
 
     def forward(self, z: torch.Tensor, mix: float, permutation: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,8 @@ class MoCoLoss(_MomentumEncoder):
     cross-entropy of [q . k+, q . queue] / T with the positive first; the keys then enter a FIFO queue of
     `queue_size`. Symmetrized over the two views as in MoCo v3 (Chen, Xie & He 2021): each view is the query
     of the other's key. With class labels (negatives=label_aware) queued keys of the query's class are left
-    out of the negatives. On one device there is no shuffling BN across devices."""
+    out of the negatives. In a distributed run the queue takes every process's keys (in the global batch's order);
+    batch normalization over the global batch (SyncBatchNorm) stands in for MoCo's shuffling BN."""
 
     pairings = ("multiview",)
     two_views = True
@@ -71,8 +72,10 @@ class MoCoLoss(_MomentumEncoder):
         queries = F.normalize(encode(encoder, batch.images), dim=-1)  # 2 x tuples x dim
         with torch.no_grad():
             keys = F.normalize(encode(self.momentum_encoder, batch.images), dim=-1)
-        loss = self(queries, keys, batch.labels)
-        self.enqueue(keys.flatten(0, 1), None if batch.labels is None else batch.labels.repeat(2))
+        loss = self(queries, keys, batch.labels) * batch.share.weight
+        labels = batch.share.gather_constant(batch.labels)  # the global batch's keys enter the queue
+        self.enqueue(batch.share.gather_constant(keys, dim=1).flatten(0, 1),
+                     None if labels is None else labels.repeat(2))
         return loss
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,7 +120,7 @@ class BYOLLoss(_MomentumEncoder):
         z = encode(encoder, batch.images)
         with torch.no_grad():
             targets = encode(self.momentum_encoder, batch.images)
-        return self(self.predictor(z.flatten(0, 1)).view_as(z), targets)
+        return self(self.predictor(z.flatten(0, 1)).view_as(z), targets) * batch.share.weight
 
     def forward(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """predictions, targets: [2, tuples, dim]."""

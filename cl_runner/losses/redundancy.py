@@ -14,6 +14,7 @@ class BarlowTwinsLoss(Loss):
 
     pairings = ("multiview",)
     two_views = True
+    in_batch = True
 
     def __init__(self, lambda_offdiag: float = 0.005):
         super().__init__()
@@ -38,6 +39,7 @@ class VICRegLoss(Loss):
 
     pairings = ("multiview",)
     two_views = True
+    in_batch = True
 
     def __init__(self, invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0):
         super().__init__()

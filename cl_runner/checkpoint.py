@@ -50,11 +50,12 @@ class TrainState:
 class Checkpointer:
     """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate
     schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the training streams) and the position in
-    training, as one file replaced atomically."""
+    training, as one file replaced atomically. In a distributed run every process holds the same state, so rank 0
+    alone writes (`writes`) and every process restores from that one file."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None):
-        self.path = run_dir / CHECKPOINT_FILE
+                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True):
+        self.path, self.writes = run_dir / CHECKPOINT_FILE, writes
         self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
         self.scaler, self.streams = scaler, streams
         self.schedule = schedule
@@ -63,6 +64,8 @@ class Checkpointer:
         return str(self.path) if self.path.exists() else "none written yet"
 
     def save(self, state: TrainState) -> str:
+        if not self.writes:
+            return str(self.path)
         payload = {
             "encoder": self.encoder.state_dict(),
             "loss": self.loss_fn.state_dict(),

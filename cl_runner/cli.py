@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -18,8 +19,9 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import experiment, run_folder
+from cl_runner import distributed, experiment, run_folder
 from cl_runner.config import validate
+from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
 from cl_runner.train import Interrupted
@@ -44,17 +46,29 @@ OmegaConf.register_new_resolver("job_folder", job_folder)
 OmegaConf.register_new_resolver("local_sweep_jobs", local_sweep_jobs)
 
 
+def register_start(started: datetime) -> None:
+    """`${started:PATTERN}` in the config: when this run started (in a distributed run rank 0's clock, so that all
+    its processes name the same run folder)."""
+    OmegaConf.register_new_resolver("started", lambda pattern: started.strftime(pattern), use_cache=True,
+                                    replace=True)
+
+
+register_start(datetime.now())
+
+
 def config_dir() -> str:
     """conf/ ships inside the installed package; in a source checkout it sits beside the package."""
     packaged = Path(__file__).with_name("conf")
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 
 
-def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False) -> dict:
+def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False, world: World = World()) -> dict:
     """One run, or one job of a sweep, from Hydra's composed config. A user error in a run is added to `errors`
     (`main` prints it). A sweep's jobs may run in other processes or on other machines, so a job that fails
     records why in its folder's status.json and in the sweep folder's errors.log, which the sweep's end reads.
-    With `full_trace` (HYDRA_FULL_ERROR=1), every error is raised, for Hydra to print its traceback."""
+    In a distributed run (`world`) rank 0 records and reports; another rank reports only what rank 0 cannot
+    know, in one line (its own crash, rank 0 gone). With `full_trace` (HYDRA_FULL_ERROR=1), every error is
+    raised, for Hydra to print its traceback."""
     hydra_cfg = HydraConfig.get()
     retain_freed_memory()  # again: a launcher may run the job in a process of its own
     threads = job_threads(hydra_cfg.launcher) if hydra_cfg.mode.name == "MULTIRUN" else None  # a run: all cores
@@ -80,16 +94,23 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False) -> dic
             elif action == "restart":
                 run_folder.forget_attempt(run_dir)
         parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None
-        return experiment.run(cfg, run_dir, choices, overrides, parent)
+        return experiment.run(cfg, run_dir, choices, overrides, parent, world)
     except run_folder.AlreadyFinished as done:
-        print(f"cl-run: {done}", file=sys.stderr)
+        if world.is_main:
+            print(f"cl-run: {done}", file=sys.stderr)
         return {}
     except Exception as err:
         message = one_line(err)
         in_sweep = hydra_cfg.mode.name == "MULTIRUN"
+        if not world.is_main:  # rank 0 records the run's failure and says why, traceback included for a bug
+            if full_trace:
+                raise
+            if not isinstance(err, distributed.RankFailed):
+                errors.append(f"rank {world.rank}: {message if is_user_error(err) else crash_line(err)}")
+            return {"error": message}
         if in_sweep and not is_user_error(err):  # a bug: its traceback goes into the job's own log
             log.exception("this job crashed (a bug in cl-run or in the code it runs): %s", message)
-            message = f"crashed with {type(err).__name__}: {message} (traceback in {run_dir / 'cl_run.log'})"
+            message = f"{crash_line(err)} (traceback in {run_dir / 'cl_run.log'})"
         run_folder.record_failure(run_dir, message, choices)
         if full_trace or not (in_sweep or is_user_error(err)):
             raise
@@ -114,6 +135,10 @@ class WorkerSignals(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if runs_in_worker(config.hydra.launcher):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def crash_line(err: BaseException) -> str:
+    return f"crashed with {type(err).__name__}: {one_line(err)}"
 
 
 def one_line(err: BaseException) -> str:
@@ -145,20 +170,41 @@ def check_output_folders(args: list[str]) -> None:
             run_folder.check_writable(Path(value))
 
 
+def join_run(world: World) -> None:
+    """This process's part in a distributed run (torchrun): join the others, share rank 0's start time (the run
+    folder's name), and leave the run folder's log to rank 0."""
+    if "-m" in sys.argv or "--multirun" in sys.argv:
+        raise UserError("a sweep (-m) cannot run under torchrun: sweep with cl-run -m and give each job several "
+                        "processes through its launcher (hydra/launcher=slurm with tasks_per_node), or run one "
+                        "distributed run at a time")
+    try:
+        distributed.join(world)
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"cannot join the distributed run ({world}): {one_line(err)}") from err
+    register_start(distributed.broadcast(datetime.now(), world))
+    if not world.is_main:
+        sys.argv.append("hydra/job_logging=other_ranks")
+
+
 def main() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     retain_freed_memory()
     errors: list[str] = []
+    world = World.from_env()
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def cl_run(cfg: DictConfig) -> dict:
-        return run_job(cfg, errors, full_trace)
+        return run_job(cfg, errors, full_trace, world)
 
     try:
         check_output_folders(sys.argv[1:])
+        if world.is_distributed:
+            join_run(world)
         cl_run()
     except Interrupted as stop:
+        if not world.is_main:
+            sys.exit(128 + stop.signum)
         if "-m" in sys.argv or "--multirun" in sys.argv:
             print(f"cl-run: stopped by signal {stop.signum}; the sweep's running jobs wrote their checkpoints: run "
                   "the same command again to resume it", file=sys.stderr)
@@ -173,6 +219,8 @@ def main() -> None:
         if full_trace or not is_user_error(err):
             raise
         errors.append(one_line(err))
+    finally:
+        distributed.leave()
     for message in errors:
         print(f"cl-run: error: {message}", file=sys.stderr)
     if errors:

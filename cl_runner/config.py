@@ -38,6 +38,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no checkpoints)"),
     ("resume", lambda v: v is None or isinstance(v, str), "null or the path of a run folder"),
     ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("distributed.sync_bn", lambda v: isinstance(v, bool), "true or false"),
     ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
     ("optimizer.momentum", lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0"),

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from cl_runner.errors import UserError
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer ends the run (a hung rank)
 
@@ -56,6 +60,51 @@ def join(world: World) -> None:
             torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
                                 timeout=COLLECTIVE_TIMEOUT)
+
+
+class RankFailed(UserError):
+    """A process of the run failed where every process takes the same step (setup): all of them stop, and rank 0
+    alone says why (the failing rank's message; its traceback, for a bug, is in its own output)."""
+
+
+class PeerLost(UserError):
+    """Another process of the run ended (killed, or crashed) while this one waited for it in a collective."""
+
+
+@contextmanager
+def together(world: World) -> Iterator[None]:
+    """Every process runs the block; then they compare outcomes, so that an error on any of them ends all of
+    them with `RankFailed` (from its own error on the failing one) instead of leaving the others waiting."""
+    if not world.is_distributed:
+        yield
+        return
+    try:
+        yield
+    except Exception as err:
+        raise _outcome(world, str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}") from err
+    failed = _outcome(world, None)
+    if failed is not None:
+        raise failed
+
+
+def _outcome(world: World, failure: str | None) -> RankFailed | None:
+    """Every rank's failure (or None) gathered: the first failing rank's, as the error every rank raises."""
+    outcomes: list = [None] * world.size
+    dist.all_gather_object(outcomes, failure)
+    failed = [(rank, message) for rank, message in enumerate(outcomes) if message is not None]
+    if not failed:
+        return None
+    rank, message = failed[0]
+    return RankFailed(message if rank == 0 else f"rank {rank} of {world.size}: {message}")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another process of the run went away (gloo's reset or
+    closed connection, nccl's remote error, a timeout)."""
+    text = str(err)
+    return active() and (isinstance(err, dist.DistError) or any(
+        clue in text for clue in ("Connection reset", "Connection closed", "Broken pipe", "remote process",
+                                  "Timed out", "timed out", "NCCL error")))
 
 
 def leave() -> None:

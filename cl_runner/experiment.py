@@ -5,7 +5,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,58 +14,79 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import evaluate, export, io, randomness, run_folder
+from cl_runner import distributed, evaluate, export, io, randomness, run_folder
 from cl_runner.checkpoint import Checkpointer, TrainState
 from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import parameter_groups
 from cl_runner.randomness import TrainingStreams, seed_everything
-from cl_runner.runtime import device_name, fits_on_device, resolve_device, resolve_precision
-from cl_runner.train import Interrupted, SignalStop, TrainingParts, TrainSettings, make_grad_scaler, pretrain
+from cl_runner.runtime import available_cores, device_name, fits_on_device, resolve_device, resolve_precision
+from cl_runner.train import (Interrupted, Objective, SignalStop, TrainingParts, TrainSettings, make_grad_scaler,
+                             pretrain)
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
-        parent: int | None = None) -> dict:
+        parent: int | None = None, world: World = World()) -> dict:
     """Pretrain, evaluate and export one scenario; returns the metrics written to metrics.json.
     `overrides` are the command line's, saved beside the resolved config. With `cfg.resume` set, the run
     continues in its own folder from its last checkpoint. `parent`: the pid of the sweep process that runs this
     job in a worker process; the job stops as if interrupted when that process dies.
 
+    In a distributed run (`world`) every process trains on its share of each batch; rank 0 alone writes the run
+    folder, evaluates and exports, and the others return empty metrics once training is done.
+
     A SIGINT or SIGTERM at any point ends the run at the next step or phase boundary with a checkpoint, and
     status.json says how to resume: training continues where it stopped, evaluation and export are redone."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, world.is_distributed)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.resume:
-        choices = run_folder.take_over(run_dir)
-    else:
-        run_folder.claim(run_dir, choices, cfg, overrides)
+    with distributed.together(world):
+        if world.is_main and cfg.resume:
+            choices = run_folder.take_over(run_dir)
+        elif world.is_main:
+            run_folder.claim(run_dir, choices, cfg, overrides)
+    choices = distributed.broadcast(choices, world)
     try:
         with SignalStop(parent) as stop_signal:
-            metrics = train_and_evaluate(cfg, run_dir, choices, overrides, device, precision, stop_signal)
+            metrics = train_and_evaluate(cfg, run_dir, choices, overrides, device, precision, stop_signal, world)
     except Interrupted as stop:
-        run_folder.record_interruption(run_dir, stop.signum)
+        if world.is_main:
+            run_folder.record_interruption(run_dir, stop.signum)
         stop_signal.hand_on(stop.signum)  # a cluster's warning: its launcher requeues the job (and exits)
         raise
-    run_folder.record_completion(run_dir)
-    log.info("done in %.1f s: %s", metrics["timing"]["total_s"], summary_line(metrics))
+    except Exception as err:
+        if distributed.lost_peer(err):
+            log.info("lost another process of the run: %s", err)
+            raise distributed.PeerLost(f"another process of this {world.size}-process run ended while this one "
+                                       f"waited for it; this one stops too. Continue from the last checkpoint "
+                                       f"with the same command and resume={run_dir}") from err
+        raise
+    if world.is_main:
+        run_folder.record_completion(run_dir)
+        log.info("done in %.1f s: %s", metrics["timing"]["total_s"], summary_line(metrics))
     return metrics
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
-                       device: torch.device, precision: str, stop_signal: Callable[[], int | None]) -> dict:
+                       device: torch.device, precision: str, stop_signal: Callable[[], int | None],
+                       world: World = World()) -> dict:
     """The run's work in its folder: data, pretraining (from the checkpoint on resume), evaluation, t-SNE,
-    figures and weights; metrics.json as soon as the figures exist, and again with the whole timing at the end."""
+    figures and weights; metrics.json as soon as the figures exist, and again with the whole timing at the end.
+    Processes other than rank 0 of a distributed run stop after pretraining (returning {})."""
     started = time.perf_counter()
     seed_everything(cfg.seed)
-    log.info("run folder %s, device %s (%s), scenario %s", run_dir, device, precision, choices)
-    data = load_data(cfg, device, overrides)
-    train, test = data.train, data.test
-    timing = {"data_s": time.perf_counter() - started}
-    parts = build_training(cfg, train, device, precision, run_dir)
-    state = parts.checkpointer.restore() if cfg.resume else TrainState()
+    log.info("run folder %s, device %s (%s), scenario %s%s", run_dir, device, precision, choices,
+             f", {world.size} processes" if world.is_distributed else "")
+    with distributed.together(world):  # a bad data set or setting ends every process, rank 0 saying why
+        check_world(cfg, world)
+        data = load_data(cfg, device, overrides)
+        train, test = data.train, data.test
+        timing = {"data_s": time.perf_counter() - started}
+        parts = build_training(cfg, train, device, precision, run_dir, world)
+        state = parts.checkpointer.restore() if cfg.resume else TrainState()
     if cfg.resume:
         log.info("resuming from %s at epoch %d, step %d", parts.checkpointer.path, state.epoch, state.stats.steps)
 
@@ -75,12 +96,17 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             raise Interrupted(signum, parts.checkpointer.save(state))
 
     # on resume, TensorBoard drops the events logged after the checkpoint
-    with SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) as writer:
-        trained = replace(parts, encoder=torch.compile(parts.encoder)) if cfg.compile else parts  # same weights
+    writing = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.stats.steps + 1) \
+        if world.is_main else nullcontext()
+    with writing as writer:
         settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, device=device, precision=precision,
                                  log_every=cfg.log_every, channels_last=cfg.channels_last,
-                                 checkpoint_every=cfg.checkpoint_every)
-        stats = pretrain(trained, state, settings, writer, stop_signal)
+                                 checkpoint_every=cfg.checkpoint_every, world=world)
+        stats = pretrain(parts, state, settings, writer, stop_signal)
+        if not world.is_main:
+            return {}
+        if world.is_distributed:  # the other processes are done: evaluation may use this machine's cores
+            torch.set_num_threads(available_cores())
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
         test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
@@ -166,17 +192,32 @@ def placed(split: ImageSet, device: torch.device) -> ImageSet:
     return split.to(device, pin=True)
 
 
+def check_world(cfg: DictConfig, world: World) -> None:
+    """A distributed run's settings that cannot work."""
+    if world.is_distributed and cfg.batch_size % world.size:
+        lower = cfg.batch_size - cfg.batch_size % world.size
+        raise UserError(f"batch_size={cfg.batch_size} does not split evenly over {world.size} processes: use a "
+                        f"multiple of {world.size} (e.g. {lower or world.size} or {lower + world.size})")
+
+
 def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
-                   run_dir: Path) -> TrainingParts:
+                   run_dir: Path, world: World = World()) -> TrainingParts:
+    """The encoder, loss, sampler, optimizer, schedule and checkpointer of a run; in a distributed run with
+    batch norm over the global batch (distributed.sync_bn) and the objective in DistributedDataParallel."""
     streams = TrainingStreams.from_seed(cfg.seed, device)
     encoder = build_encoder(cfg, train.images.shape[1], device)
     check_image_size(encoder, train, cfg.encoder.backbone._target_.rsplit(".", 1)[-1])
+    sync_bn = world.is_distributed and cfg.distributed.sync_bn
+    if sync_bn:
+        encoder = distributed.sync_batch_norm(encoder, device)
     sampler = instantiate(cfg.pairing)
     sampler.setup(train, instantiate(cfg.aug), streams)
     loss_fn = instantiate(cfg.loss)
     try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here
         loss_fn.setup(encoder, cfg.batch_size)
         loss_fn.to(device)
+        if sync_bn:  # a predictor's batch norm
+            loss_fn = distributed.sync_batch_norm(loss_fn, device)
         trained = torch.nn.ModuleList([encoder, loss_fn])  # with the loss's own parameters (a predictor)
         optimizer = instantiate(cfg.optimizer)(parameter_groups(trained, cfg.optimizer.weight_decay))
         schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
@@ -186,8 +227,13 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, precision)
+    objective = Objective(torch.compile(encoder) if cfg.compile else encoder, loss_fn)  # same weights
+    if world.is_distributed:  # its gradient buckets take the parameters' memory format: set it first
+        objective.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
     return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, schedule,
-                         Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
+                         Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule,
+                                      writes=world.is_main), objective)
 
 
 def build_encoder(cfg: DictConfig, channels: int, device: torch.device) -> torch.nn.Module:

@@ -17,11 +17,14 @@ from cl_runner.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto`: CUDA when a GPU is visible, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, distributed: bool = False) -> torch.device:
+    """`auto`: CUDA when a GPU is visible, else the CPU. A process of a distributed run gets its own GPU (the
+    current one, which joining the run set from its local rank)."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          "cpu" if name == "auto" else name)
+    if distributed and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -1,0 +1,101 @@
+"""One run over two processes through torchrun (gloo on this CPU), as a user starts it: one run folder with every
+promised file, the same folder whatever each process's clock, a stop on SIGTERM at one step with one checkpoint
+that resumes to the uninterrupted run's figures, and a killed process ending the run with one clear line."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_ROOT
+from test_resume import comparable, wait_for
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cl_runner"]
+RUN = ["dataset=digits", "loss=ntxent", "aug=simclr", "epochs=3", "batch_size=128", "eval.tsne_points=50",
+       "log_every=2", "precision=fp32"]  # an in-batch loss: the embeddings are gathered every step
+
+
+def torchrun(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    _, stderr = process.communicate(timeout=timeout)
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    """A whole 2-process run in the default run folder (outputs/runs/DATE/TIME)."""
+    cwd = tmp_path_factory.mktemp("two_processes")
+    process = torchrun(RUN, cwd)
+    stderr = finish(process)
+    assert process.returncode == 0, stderr[-3000:]
+    folders = list((cwd / "outputs" / "runs").glob("*/*"))
+    assert len(folders) == 1, folders  # both processes named the same folder: rank 0's start time
+    return folders[0], json.loads((folders[0] / "metrics.json").read_text())
+
+
+def test_a_two_process_run_writes_one_run_folder_with_every_promised_file(uninterrupted):
+    run_dir, metrics = uninterrupted
+    for name in ("config.yaml", "overrides.yaml", "status.json", "metrics.json", "cl_run.log", "checkpoint.pt",
+                 "encoder.pt", "tsne.csv", "tsne.png", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    log = (run_dir / "cl_run.log").read_text()
+    assert "2 processes" in log and "[rank 1]" not in log  # rank 0's log only
+    train = metrics["train"]  # counted per global batch of 128 tuples, not per process's 64
+    assert train["steps"] == 3 * math.ceil(train["tuples"] / 3 / 128) and len(train["epoch_losses"]) == 3
+
+
+def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_equals_the_uninterrupted_one(
+        tmp_path, uninterrupted):
+    _, reference = uninterrupted
+    process = torchrun([*RUN, "hydra.run.dir=run"], tmp_path)
+    wait_for(tmp_path / "run" / "checkpoint.pt", process)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+    stderr = finish(process)
+    assert process.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
+    assert len(ours) == 1 and "continue with: cl-run resume=" in ours[0], stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
+    resumed = torchrun(["resume=run"], tmp_path)
+    stderr = finish(resumed)
+    assert resumed.returncode == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert comparable(metrics) == comparable(reference)  # two processes again: the same sums, bit for bit
+
+
+def test_a_killed_process_ends_the_run_with_one_clear_line_within_a_minute(tmp_path):
+    process = torchrun([*RUN, "epochs=20", "hydra.run.dir=run"], tmp_path, start_new_session=True)
+    wait_for(tmp_path / "run" / "checkpoint.pt", process)
+    rank0 = json.loads((tmp_path / "run" / "status.json").read_text())["pid"]
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    (rank1,) = [int(pid) for pid in children if int(pid) != rank0]
+    killed = time.monotonic()
+    os.kill(rank1, signal.SIGKILL)
+    stderr = finish(process, timeout=120)
+    assert time.monotonic() - killed < 60
+    assert process.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
+    assert len(ours) == 1, stderr[-3000:]
+    assert "another process of this 2-process run ended" in ours[0] and "resume=" in ours[0]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused_in_one_line(tmp_path):
+    process = torchrun([*RUN, "batch_size=127", "hydra.run.dir=run"], tmp_path)
+    stderr = finish(process)
+    assert process.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
+    assert ours == ["cl-run: error: batch_size=127 does not split evenly over 2 processes: use a multiple of 2 "
+                    "(e.g. 126 or 128)"], stderr[-3000:]

@@ -70,28 +70,49 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False, world:
     know, in one line (its own crash, rank 0 gone). With `full_trace` (HYDRA_FULL_ERROR=1), every error is
     raised, for Hydra to print its traceback."""
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode.name == "MULTIRUN" and not world.is_distributed:
+        world = distributed.cluster_world()  # a job run as several tasks by a cluster launcher (submitit)
+        if world.is_distributed:
+            distributed.join(world)
+            try:
+                return run_in_world(cfg, errors, full_trace, world)
+            finally:
+                distributed.leave()
+    return run_in_world(cfg, errors, full_trace, world)
+
+
+def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: World) -> dict:
+    """`run_job`'s work, in this process's world."""
+    hydra_cfg = HydraConfig.get()
     retain_freed_memory()  # again: a launcher may run the job in a process of its own
+    if not world.is_main:  # rank 0 alone writes the job's log
+        for handler in [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]:
+            logging.root.removeHandler(handler)
     threads = job_threads(hydra_cfg.launcher) if hydra_cfg.mode.name == "MULTIRUN" else None  # a run: all cores
     if threads:
         torch.set_num_threads(threads)
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode.name == "MULTIRUN"
     try:
-        if cfg.resume:
-            if hydra_cfg.mode.name != "RUN":
-                raise UserError("resume= continues one run; it cannot be part of a multirun (-m)")
-            cfg = run_folder.resumed_config(Path(cfg.resume), overrides)
-        validate(cfg, choices)
-        if hydra_cfg.mode.name == "MULTIRUN":
-            action = run_folder.sweep_job_action(run_dir, cfg)
-            if action == "done":  # on the console only: the job's own log stays as it was
+        with distributed.together(world):  # the same checks in every process; rank 0 says what failed
+            if cfg.resume:
+                if hydra_cfg.mode.name != "RUN":
+                    raise UserError("resume= continues one run; it cannot be part of a multirun (-m)")
+                cfg = run_folder.resumed_config(Path(cfg.resume), overrides)
+            validate(cfg, choices)
+            action = run_folder.sweep_job_action(run_dir, cfg) if in_sweep and world.is_main else None
+        action = distributed.broadcast(action, world)
+        if action is not None:
+            if action == "done" and world.is_main:  # on the console only: the job's own log stays as it was
                 print(f"cl-run: sweep job {run_dir.name}: {SWEEP_ACTIONS[action]}", file=sys.stderr)
+            if action == "done":
                 return json.loads((run_dir / "metrics.json").read_text())
             log.info("sweep job %s: %s", run_dir.name, SWEEP_ACTIONS[action])
             if action == "resume":
                 cfg.resume = str(run_dir)
-            elif action == "restart":
+            elif action == "restart" and world.is_main:
                 run_folder.forget_attempt(run_dir)
         parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None
         return experiment.run(cfg, run_dir, choices, overrides, parent, world)
@@ -101,12 +122,15 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False, world:
         return {}
     except Exception as err:
         message = one_line(err)
-        in_sweep = hydra_cfg.mode.name == "MULTIRUN"
         if not world.is_main:  # rank 0 records the run's failure and says why, traceback included for a bug
             if full_trace:
                 raise
             if not isinstance(err, distributed.RankFailed):
-                errors.append(f"rank {world.rank}: {message if is_user_error(err) else crash_line(err)}")
+                line = f"rank {world.rank}: {message if is_user_error(err) else crash_line(err)}"
+                if in_sweep:  # a task of a cluster job: its launcher keeps the output
+                    log.error(line)
+                else:
+                    errors.append(line)
             return {"error": message}
         if in_sweep and not is_user_error(err):  # a bug: its traceback goes into the job's own log
             log.exception("this job crashed (a bug in cl-run or in the code it runs): %s", message)

@@ -52,6 +52,21 @@ class World:
         return f"rank {self.rank} of {self.size}"
 
 
+def cluster_world() -> World:
+    """The world of a job that a cluster launcher runs as several tasks (Hydra's submitit launcher with
+    tasks_per_node > 1, on SLURM or locally), as submitit describes it, exported for the process group's env://
+    rendezvous (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) as torchrun would; one process else."""
+    try:
+        import submitit
+        tasks = submitit.JobEnvironment().num_tasks
+    except (ImportError, RuntimeError):  # not a submitit job
+        return World()
+    if tasks < 2:
+        return World()
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return World.from_env()
+
+
 def join(world: World) -> None:
     """Join the run's process group (gloo between CPU tensors, nccl between CUDA ones, where CUDA exists), through
     the rendezvous torchrun describes in MASTER_ADDR and MASTER_PORT."""

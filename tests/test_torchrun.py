@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_ROOT
+from conftest import DATA_ROOT, run_cli
 from test_resume import comparable, wait_for
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cl_runner"]
@@ -99,3 +99,15 @@ def test_a_batch_that_does_not_split_evenly_is_refused_in_one_line(tmp_path):
     ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
     assert ours == ["cl-run: error: batch_size=127 does not split evenly over 2 processes: use a multiple of 2 "
                     "(e.g. 126 or 128)"], stderr[-3000:]
+
+
+def test_a_submitit_job_of_two_tasks_is_the_same_two_process_run(tmp_path, uninterrupted):
+    """Hydra's submitit launcher with tasks_per_node=2 (locally here; on SLURM one task per GPU) runs the job as
+    one run of two processes: the same figures as torchrun's, in the sweep's job folder."""
+    _, reference = uninterrupted
+    result = run_cli(["-m", *RUN, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                      "hydra.launcher.cpus_per_task=1", "hydra.sweep.dir=s"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = (tmp_path / "s").glob("*seed=0")
+    assert "2 processes" in (job / "cl_run.log").read_text()
+    assert comparable(json.loads((job / "metrics.json").read_text())) == comparable(reference)

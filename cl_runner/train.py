@@ -95,8 +95,7 @@ class Diverged(UserError):
 
 class SignalStop:
     """While active, SIGINT and SIGTERM only set a flag, so the loop can finish its step and checkpoint;
-    calling the object returns the signal received (or None). A second Ctrl-C, a second or more after the first,
-    stops at once (torchrun passes the terminal's Ctrl-C on to its processes, which then see it twice at once).
+    calling the object returns the signal received (or None). A second Ctrl-C stops at once.
 
     Under a cluster launcher that handles SIGUSR2 itself (submitit: SLURM's warning before a time limit or a
     preemption), SIGUSR2 stops the run the same way, and `hand_on` then passes it to that handler, which requeues
@@ -126,10 +125,8 @@ class SignalStop:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            if time.monotonic() - self.since > 1.0:
-                raise KeyboardInterrupt
-            return
-        self.signum, self.since = signum, time.monotonic()
+            raise KeyboardInterrupt
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():

@@ -111,3 +111,15 @@ def test_a_submitit_job_of_two_tasks_is_the_same_two_process_run(tmp_path, unint
     (job,) = (tmp_path / "s").glob("*seed=0")
     assert "2 processes" in (job / "cl_run.log").read_text()
     assert comparable(json.loads((job / "metrics.json").read_text())) == comparable(reference)
+
+
+def test_ctrl_c_in_the_terminal_stops_both_processes_with_one_checkpoint(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the foreground process group) reaches torchrun, which passes it on to the
+    processes (each in a session of its own): they agree on a step, and the run stops there with its checkpoint."""
+    process = torchrun([*RUN, "epochs=20", "hydra.run.dir=run"], tmp_path, start_new_session=True)
+    wait_for(tmp_path / "run" / "checkpoint.pt", process)
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does: the whole foreground process group
+    stderr = finish(process, timeout=120)
+    ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
+    assert len(ours) == 1 and "stopped by signal 2" in ours[0] and "resume=" in ours[0], stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"

@@ -89,11 +89,33 @@ def train_two_steps(name: str, world: World) -> dict:
     return record
 
 
+class NaNOnRankOne(nn.Module):
+    """A loss that is finite on rank 0 and NaN on rank 1."""
+
+    def forward(self, z, target=None, labels=None):
+        return z.sum() * (float("nan") if dist.get_rank() == 1 else 1.0)
+
+
+def nan_on_one_rank_skips_the_step_everywhere(rank: int) -> bool:
+    torch.manual_seed(0)
+    encoder = TinyEncoder().double()
+    loss_fn = make_loss("triplet")
+    loss_fn.forward = NaNOnRankOne().forward
+    objective = nn.parallel.DistributedDataParallel(Objective(encoder, loss_fn))
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in encoder.parameters()]
+    batch = part(global_batches("triplet")[0], BatchShare.split(TUPLES, World(rank, WORLD)))
+    loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), batch, device=CPU, precision="fp32",
+                      memory_format=torch.contiguous_format, check_finite=True)
+    return loss is None and all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+
+
 def rank_main(rank: int, port: int, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         for name in LOSSES:
             results[(name, rank)] = train_two_steps(name, World(rank, WORLD))
+        results[("nan", rank)] = nan_on_one_rank_skips_the_step_everywhere(rank)
     finally:
         dist.destroy_process_group()
 
@@ -136,3 +158,7 @@ def test_a_batch_splits_into_parts_that_differ_by_one_at_most():
                                                                           slice(8, 10)]
     assert BatchShare.split(15, World(1, 2)).weight == pytest.approx(7 * 2 / 15)
     assert BatchShare.split(15).weight == 1.0
+
+
+def test_a_nan_on_one_process_skips_the_step_on_every_process(two_ranks):
+    assert two_ranks[("nan", 0)] and two_ranks[("nan", 1)]  # rank 0's loss was finite: it skipped all the same

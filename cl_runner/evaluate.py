@@ -17,16 +17,23 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from cl_runner import distributed
 from cl_runner.data.augment import normalize, to_unit
+from cl_runner.distributed import BatchShare, World
 
 PROTOCOLS = ("paper", "standard")
 
 
 @torch.inference_mode()
-def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone",
-          batch_size: int = 1024) -> np.ndarray:
+def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone", batch_size: int = 1024,
+          world: World = World()) -> np.ndarray:
     """Embeddings [N, D] (float32, on the host) of clean uint8 images, the encoder in eval mode (BatchNorm
-    uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output."""
+    uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output.
+    In a distributed run (`world`) each process embeds its contiguous shard and every process receives all."""
+    if world.is_distributed:
+        share = BatchShare.split(len(images), world)
+        mine = torch.from_numpy(embed(encoder, images[share.rows], features, batch_size))
+        return distributed.gather_constant(mine, sizes=share.sizes).numpy()
     was_training = encoder.training
     encoder.train(False)  # eval mode: BatchNorm uses its running statistics
     device = next(encoder.parameters()).device  # images kept in host memory travel a batch at a time
@@ -137,3 +144,29 @@ def standard_protocol(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
                                                              cosine_knn_k, cosine_knn_temperature)
     result["scored_images"] = len(test_y)
     return result
+
+
+def metrics_without_figures(metrics: dict) -> dict:
+    """The protocols' numbers and the diagnostics of `metrics` (no confusion matrices)."""
+    kept = {"diagnostics": {k: v for k, v in metrics["diagnostics"].items() if k != "alignment"}}
+    for protocol in PROTOCOLS:
+        if protocol in metrics:
+            kept[protocol] = {k: v for k, v in metrics[protocol].items() if k != "confusion_matrix"}
+    return kept
+
+
+def gains(trained: dict, initial: dict) -> dict:
+    """Trained minus initial, for every accuracy of every protocol: what pretraining added."""
+    return {protocol: {name: trained[protocol][name] - value for name, value in initial[protocol].items()
+                       if isinstance(value, float)}
+            for protocol in PROTOCOLS if protocol in initial}
+
+
+def final_figures(metrics: dict) -> dict[str, float]:
+    """Every accuracy as `eval/PROTOCOL/NAME`, and its gain over the initialization as `gain/PROTOCOL/NAME`."""
+    figures = {}
+    for protocol in PROTOCOLS:
+        for prefix, source in (("eval", metrics), ("gain", metrics.get("gain", {}))):
+            figures.update({f"{prefix}/{protocol}/{name}": value
+                            for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
+    return figures

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,6 @@ from cl_runner.checkpoint import Checkpointer, TrainState
 from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
-from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import parameter_groups
 from cl_runner.randomness import TrainingStreams, seed_everything
 from cl_runner.runtime import available_cores, device_name, fits_on_device, resolve_device, resolve_precision
@@ -103,32 +103,37 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
                                  log_every=cfg.log_every, channels_last=cfg.channels_last,
                                  checkpoint_every=cfg.checkpoint_every, world=world)
         stats = pretrain(parts, state, settings, writer, stop_signal)
-        if not world.is_main:
-            return {}
-        if world.is_distributed:  # the other processes are done: evaluation may use this machine's cores
-            torch.set_num_threads(available_cores())
         timing["train_s"] = stats.seconds
         tick = time.perf_counter()
-        test_x = evaluate.embed(parts.encoder, test.images, cfg.eval.features)
+        embedded = embed_for_evaluation(cfg, parts, data, world)
+        if not world.is_main:
+            return {}
+        if world.is_distributed:  # the other processes are done: the probes may use this machine's cores
+            torch.set_num_threads(available_cores())
+        timing["embed_s"] = time.perf_counter() - tick
+        test_x = embedded.test
         if not np.isfinite(test_x).all():
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
-        metrics = evaluate_encoder(cfg, parts.encoder, data, test_x)
-        metrics["diagnostics"]["alignment"] = view_alignment(cfg, parts, test, test_x)
+        tick = time.perf_counter()
+        metrics = evaluate_encoder(cfg, data, test_x, embedded.probe)
+        metrics["diagnostics"]["alignment"] = evaluate.alignment(test_x[:len(embedded.views)], embedded.views)
         timing["eval_s"] = time.perf_counter() - tick
         stop_if_signalled()
         if cfg.eval.baseline:
             tick = time.perf_counter()
-            metrics["baseline"] = metrics_without_figures(
-                metrics if cfg.epochs == 0 else evaluate_initialization(cfg, data, device))
-            metrics["gain"] = gains(metrics, metrics["baseline"])
+            initial = metrics if cfg.epochs == 0 else evaluate_encoder(cfg, data, embedded.initial_test,
+                                                                       embedded.initial_probe)
+            metrics["baseline"] = evaluate.metrics_without_figures(initial)
+            metrics["gain"] = evaluate.gains(metrics, metrics["baseline"])
             timing["baseline_s"] = time.perf_counter() - tick
             stop_if_signalled()
         metrics.update(run_record(cfg, choices, stats, timing, device, precision))
         metrics["classes"] = test.classes  # for the report's figures (empty: unlabelled)
         io.write_json(run_dir / "metrics.json", metrics)  # as soon as the figures exist; again at the end
         timing["tsne_s"] = export_tsne(cfg, run_dir, test_x, test, choices, writer)
-        export.log_hparams(writer, hyperparameters(cfg, choices, precision), final_figures(metrics), stats.steps)
+        export.log_hparams(writer, hyperparameters(cfg, choices, precision), evaluate.final_figures(metrics),
+                           stats.steps)
     stop_if_signalled()
 
     tick = time.perf_counter()
@@ -261,39 +266,40 @@ def check_image_size(encoder: torch.nn.Module, images: ImageSet, name: str) -> N
                         "folders) or use encoder=resnet18")
 
 
-def evaluate_initialization(cfg: DictConfig, data: Splits, device: torch.device) -> dict:
-    """The protocols and diagnostics on the encoder as initialized, before any step (the same weights the run
-    started from, rebuilt from its seed, so resume needs nothing saved): the random-encoder baseline each
-    trained figure is read against. Equal to an `epochs=0` run of the same seed."""
-    encoder = build_encoder(cfg, data.train.images.shape[1], device)
-    encoder.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)  # as trained
-    return evaluate_encoder(cfg, encoder, data, evaluate.embed(encoder, data.test.images, cfg.eval.features))
+@dataclass
+class Embeddings:
+    """What the evaluation reads of the encoders: the trained encoder's embeddings of the test images, of the
+    probe's training images (standard protocol) and of one augmented view of the first test images (alignment);
+    and, for the random-encoder baseline, the initialization's of the test and probe images."""
+
+    test: np.ndarray
+    probe: np.ndarray | None
+    views: np.ndarray
+    initial_test: np.ndarray | None = None
+    initial_probe: np.ndarray | None = None
 
 
-def metrics_without_figures(metrics: dict) -> dict:
-    """The protocols' numbers and the diagnostics of `metrics` (no confusion matrices)."""
-    kept = {"diagnostics": {k: v for k, v in metrics["diagnostics"].items() if k != "alignment"}}
-    for protocol in PROTOCOLS:
-        if protocol in metrics:
-            kept[protocol] = {k: v for k, v in metrics[protocol].items() if k != "confusion_matrix"}
-    return kept
+def embed_for_evaluation(cfg: DictConfig, parts: TrainingParts, data: Splits, world: World) -> Embeddings:
+    """Every embedding the evaluation needs, in one phase. In a distributed run each process embeds its shard
+    of every set and all receive the whole (2 processes on the 2-core CPU: 0.66x the time of rank 0 alone with
+    both cores, README); the probes then run on rank 0. The baseline's encoder is the initialization, rebuilt
+    from the seed (so resume needs nothing saved): equal to an `epochs=0` run of the same seed."""
+    features = cfg.eval.features
+    probed = "standard" in cfg.eval.protocols and data.test.labelled
 
+    def embed_all(encoder: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+        return evaluate.embed(encoder, images, features, world=world)
 
-def gains(trained: dict, initial: dict) -> dict:
-    """Trained minus initial, for every accuracy of every protocol: what pretraining added."""
-    return {protocol: {name: trained[protocol][name] - value for name, value in initial[protocol].items()
-                       if isinstance(value, float)}
-            for protocol in PROTOCOLS if protocol in initial}
-
-
-def final_figures(metrics: dict) -> dict[str, float]:
-    """Every accuracy as `eval/PROTOCOL/NAME`, and its gain over the initialization as `gain/PROTOCOL/NAME`."""
-    figures = {}
-    for protocol in PROTOCOLS:
-        for prefix, source in (("eval", metrics), ("gain", metrics.get("gain", {}))):
-            figures.update({f"{prefix}/{protocol}/{name}": value
-                            for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
-    return figures
+    embedded = Embeddings(embed_all(parts.encoder, data.test.images),
+                          embed_all(parts.encoder, data.probe.images) if probed else None,
+                          embed_all(parts.encoder, alignment_views(cfg, parts, data.test)))
+    if cfg.eval.baseline and cfg.epochs > 0:
+        device = next(parts.encoder.parameters()).device
+        initial = build_encoder(cfg, data.train.images.shape[1], device)
+        initial.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)  # as trained
+        embedded.initial_test = embed_all(initial, data.test.images)
+        embedded.initial_probe = embed_all(initial, data.probe.images) if probed else None
+    return embedded
 
 
 def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
@@ -302,9 +308,10 @@ def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
             "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
 
 
-def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, data: Splits, test_x: np.ndarray) -> dict:
-    """Both protocols (as configured) and the diagnostics, on clean images through the frozen encoder;
-    `test_x` holds the test set's embeddings. Unlabelled test images get the (label-free) diagnostics only."""
+def evaluate_encoder(cfg: DictConfig, data: Splits, test_x: np.ndarray, probe_x: np.ndarray | None) -> dict:
+    """Both protocols (as configured) and the diagnostics, on the frozen encoder's embeddings of clean images:
+    `test_x` the test set's, `probe_x` the probe set's (standard protocol). Unlabelled test images get the
+    (label-free) diagnostics only."""
     metrics: dict = {"features": cfg.eval.features, "diagnostics": evaluate.diagnostics(test_x)}
     if not data.test.labelled:  # load_data has said why
         return metrics
@@ -314,10 +321,9 @@ def evaluate_encoder(cfg: DictConfig, encoder: torch.nn.Module, data: Splits, te
         metrics["paper"] = evaluate.paper_protocol(test_x, test_y, num_classes, seed=evaluation_seed(cfg),
                                                    test_fraction=cfg.eval.paper_test_fraction, knn_k=cfg.eval.knn_k)
     if "standard" in cfg.eval.protocols:
-        train_x = evaluate.embed(encoder, data.probe.images, cfg.eval.features)
         train_y = data.probe.labels.cpu().numpy()
         metrics["standard"] = evaluate.standard_protocol(
-            train_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
+            probe_x, train_y, test_x, test_y, num_classes, knn_k=cfg.eval.knn_k,
             cosine_knn_k=cfg.eval.cosine_knn_k, cosine_knn_temperature=cfg.eval.cosine_knn_temperature)
     return metrics
 
@@ -327,15 +333,14 @@ def evaluation_seed(cfg: DictConfig) -> int:
     return randomness.stream_seed(cfg.seed, "evaluation") % 2**32
 
 
-def view_alignment(cfg: DictConfig, parts: TrainingParts, test: ImageSet, test_x: np.ndarray,
-                   points: int = 2000) -> float:
-    """Alignment (Wang & Isola 2020) of the first test images with one view of each drawn by the run's own
-    augmentation (seeded, so it is the same for every run of that augmentation)."""
+def alignment_views(cfg: DictConfig, parts: TrainingParts, test: ImageSet, points: int = 2000) -> torch.Tensor:
+    """One view (uint8) of each of the first test images, drawn by the run's own augmentation (seeded, so it is
+    the same for every run of that augmentation): their embeddings' alignment (Wang & Isola 2020) with the clean
+    images' is a diagnostic."""
     device = next(parts.encoder.parameters()).device
     images = test.take(torch.arange(min(points, len(test)), device=device))
     generator = randomness.generator(cfg.seed, "alignment", device)
-    views = parts.sampler.augment(images, generator).mul(255).round_().to(torch.uint8)
-    return evaluate.alignment(test_x[:points], evaluate.embed(parts.encoder, views, cfg.eval.features))
+    return parts.sampler.augment(images, generator).mul(255).round_().to(torch.uint8)
 
 
 def export_tsne(cfg: DictConfig, run_dir: Path, test_x: np.ndarray, test, choices: dict, writer) -> float:
@@ -368,7 +373,7 @@ def scenario_title(choices: dict) -> str:
 def summary_line(metrics: dict) -> str:
     """E.g. "paper linear 0.9250 (+0.1510 over its random initialization), kNN 0.9300 (+0.1000); standard ..."."""
     parts, explained = [], False
-    for protocol in (p for p in PROTOCOLS if p in metrics):
+    for protocol in (p for p in evaluate.PROTOCOLS if p in metrics):
         for name, label in (("linear_top1", f"{protocol} linear"), ("knn_top1", "kNN")):
             text = f"{label} {metrics[protocol][name]:.4f}"
             gain = metrics.get("gain", {}).get(protocol, {}).get(name)

@@ -11,22 +11,14 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from cl_runner import distributed, evaluate, experiment
 from cl_runner.cli import config_dir
-from cl_runner.distributed import BatchShare, World
+from cl_runner.distributed import World
 from cl_runner.runtime import device_name, resolve_device
-
-
-def sharded_embed(encoder: torch.nn.Module, images: torch.Tensor, world: World) -> np.ndarray:
-    """This process's contiguous shard embedded, every shard gathered (rank order) on every process."""
-    share = BatchShare.split(len(images), world)
-    mine = torch.from_numpy(evaluate.embed(encoder, images[share.rows]))
-    return distributed.gather_constant(mine, sizes=share.sizes).numpy()
 
 
 def main() -> None:
@@ -43,7 +35,7 @@ def main() -> None:
             dist.barrier()
         tick = time.perf_counter()
         for split in (data.train, data.test):
-            sharded_embed(encoder, split.images, world)
+            evaluate.embed(encoder, split.images, world=world)
         seconds.append(time.perf_counter() - tick)
     if world.is_main:
         print(f"{device_name(device)}: {len(data.train) + len(data.test)} images, {world.size} process(es) x "

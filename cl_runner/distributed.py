@@ -89,14 +89,19 @@ class PeerLost(UserError):
 @contextmanager
 def together(world: World) -> Iterator[None]:
     """Every process runs the block; then they compare outcomes, so that an error on any of them ends all of
-    them with `RankFailed` (from its own error on the failing one) instead of leaving the others waiting."""
+    them instead of leaving the others waiting: rank 0 raises its own error, or `RankFailed` with the first
+    failing rank's message; every other rank raises `RankFailed` (from its own error where it had one), which it
+    does not report: rank 0 does."""
     if not world.is_distributed:
         yield
         return
     try:
         yield
     except Exception as err:
-        raise _outcome(world, str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}") from err
+        failed = _outcome(world, str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}")
+        if world.is_main:
+            raise
+        raise failed from err
     failed = _outcome(world, None)
     if failed is not None:
         raise failed

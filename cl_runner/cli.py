@@ -242,7 +242,10 @@ def main() -> None:
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise
-        errors.append(one_line(err))
+        if world.is_main:  # a mistake in the command line: every process of a distributed run finds it
+            errors.append(one_line(err))
+        else:
+            sys.exit(2)
     finally:
         distributed.leave()
     for message in errors:

@@ -92,13 +92,17 @@ def test_a_killed_process_ends_the_run_with_one_clear_line_within_a_minute(tmp_p
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
 
 
-def test_a_batch_that_does_not_split_evenly_is_refused_in_one_line(tmp_path):
-    process = torchrun([*RUN, "batch_size=127", "hydra.run.dir=run"], tmp_path)
+@pytest.mark.parametrize("args, line", [
+    (["batch_size=127"], "batch_size=127 does not split evenly over 2 processes: use a multiple of 2 "
+                         "(e.g. 126 or 128)"),
+    (["los=triplet"], "Could not override 'los'"),  # found by every process while Hydra composes
+], ids=["uneven_batch", "typo"])
+def test_a_mistake_is_reported_once_by_rank_0(tmp_path, args, line):
+    process = torchrun([*RUN, *args, "hydra.run.dir=run"], tmp_path)
     stderr = finish(process)
     assert process.returncode != 0
     ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
-    assert ours == ["cl-run: error: batch_size=127 does not split evenly over 2 processes: use a multiple of 2 "
-                    "(e.g. 126 or 128)"], stderr[-3000:]
+    assert len(ours) == 1 and ours[0].startswith(f"cl-run: error: {line}"), stderr[-3000:]
 
 
 def test_a_submitit_job_of_two_tasks_is_the_same_two_process_run(tmp_path, uninterrupted):

@@ -88,13 +88,13 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
     if not world.is_main:  # rank 0 alone writes the job's log
         for handler in [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]:
             logging.root.removeHandler(handler)
-    threads = job_threads(hydra_cfg.launcher) if hydra_cfg.mode.name == "MULTIRUN" else None  # a run: all cores
+    in_sweep = hydra_cfg.mode.name == "MULTIRUN"
+    threads = job_threads(hydra_cfg.launcher) if in_sweep else None  # a run: all cores
     if threads:
         torch.set_num_threads(threads)
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode.name == "MULTIRUN"
     try:
         with distributed.together(world):  # the same checks in every process; rank 0 says what failed
             if cfg.resume:
@@ -105,9 +105,9 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
             action = run_folder.sweep_job_action(run_dir, cfg) if in_sweep and world.is_main else None
         action = distributed.broadcast(action, world)
         if action is not None:
-            if action == "done" and world.is_main:  # on the console only: the job's own log stays as it was
-                print(f"cl-run: sweep job {run_dir.name}: {SWEEP_ACTIONS[action]}", file=sys.stderr)
             if action == "done":
+                if world.is_main:  # on the console only: the job's own log stays as it was
+                    print(f"cl-run: sweep job {run_dir.name}: {SWEEP_ACTIONS[action]}", file=sys.stderr)
                 return json.loads((run_dir / "metrics.json").read_text())
             log.info("sweep job %s: %s", run_dir.name, SWEEP_ACTIONS[action])
             if action == "resume":

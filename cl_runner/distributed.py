@@ -237,9 +237,10 @@ class BatchShare:
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalization over the global batch of a distributed run on CPUs, where torch's SyncBatchNorm (CUDA
-    kernels only) cannot run: each rank's per-channel count, mean and biased variance are gathered (with
-    gradients) and merged (Chan et al. 1979's parallel formula), then the rank normalizes its own part. Equal to
-    BatchNorm on the whole batch; outside training, or outside a distributed run, plain BatchNorm."""
+    kernels only) cannot run: each rank's per-channel mean, biased variance and count are gathered (with
+    gradients; one collective per layer) and merged (Chan et al. 1979's parallel formula), then the rank
+    normalizes its own part. Equal to BatchNorm on the whole batch; outside training, or outside a distributed
+    run, plain BatchNorm."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -250,12 +251,12 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [d for d in range(input.dim()) if d != 1]
         x = input.to(torch.promote_types(input.dtype, torch.float32))  # statistics in fp32 at least
-        count = torch.tensor(x.numel() / x.shape[1], device=x.device, dtype=x.dtype)
-        mean, var = x.mean(dims), x.var(dims, correction=0)
-        stats = gather(torch.stack([mean, var])[None])  # ranks x 2 x channels
-        counts = gather_constant(count[None])  # ranks
-        total = counts.sum()
-        share = (counts / total)[:, None]
+        var, mean = torch.var_mean(x, dims, correction=0)  # one pass
+        count = torch.full_like(mean, x.numel() / x.shape[1])
+        stats = gather(torch.stack([mean, var, count])[None])  # ranks x (mean, variance, count) x channels
+        counts = stats[:, 2].detach()
+        total = counts.sum(0)
+        share = counts / total
         global_mean = (share * stats[:, 0]).sum(0)
         global_var = (share * (stats[:, 1] + (stats[:, 0] - global_mean).square())).sum(0)
         if self.track_running_stats:
@@ -264,11 +265,12 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(global_mean, momentum)
                 self.running_var.lerp_(global_var * total / (total - 1), momentum)
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        y = (x - global_mean.view(shape)) * torch.rsqrt(global_var.view(shape) + self.eps)
+        scale = torch.rsqrt(global_var + self.eps)  # y = x * scale + shift: one pass over the images
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(input.dtype)
+            scale = scale * self.weight
+        shift = -global_mean * scale + (self.bias if self.affine else 0.0)
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(input.dtype)
 
 
 def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):  # interleaved, so that drifts of the machine hit both alike
             for name, (command, env) in variants.items():
-                run_dir = Path(scratch) / f"{repeat}-{len(results[name])}-{name.split()[0]}"
+                run_dir = Path(scratch) / f"{repeat}-{name.split()[0]}"
                 results[name].append(one_run([*command, *args.overrides], env, run_dir))
     print(f"machine: {device_name(torch.device('cpu'))}; overrides: {' '.join(args.overrides) or '(none)'}; "
           f"{args.repeats} repeats, medians")

@@ -1,6 +1,7 @@
-"""Where a distributed run should embed its evaluation images: rank 0 alone with all the machine's cores (what
-cl-run does), or every process its shard, gathered to rank 0. Embeds the training and test images of a data set
-through a freshly initialized encoder (eval mode, as the probes see it) and prints the seconds (median of repeats):
+"""Where a distributed run should embed its evaluation images: rank 0 alone with all the machine's cores, or every
+process its shard, gathered (what cl-run does, as this measured it faster). Embeds the training and test images
+of a data set through a freshly initialized encoder (eval mode, as the probes see it) and prints the seconds
+(median of repeats):
 
     OMP_NUM_THREADS=2 python scripts/bench_embedding.py dataset=cifar10                           # one process
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 scripts/bench_embedding.py dataset=cifar10  # shards

@@ -39,7 +39,7 @@ class TupleBatch:
 
     def __post_init__(self):
         if self.share is None:
-            self.share = BatchShare((len(self.images) // self.views,))
+            self.share = BatchShare.split(len(self.images) // self.views)
 
 
 class LabelAwareNegatives:
@@ -124,20 +124,23 @@ class TupleSampler(ABC):
         process's `share` of them; views draw from `streams.augment`, negatives from `streams.negatives`, both
         for all of `ids`."""
 
-    def positive_views(self, anchors: torch.Tensor, generator: torch.Generator,
-                       rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Augmented views in [0, 1] of the images `anchors[rows]`, their parameters drawn for all `anchors`."""
-        if self.stored_views is not None:
-            return to_unit(self.stored_views.index_select(0, anchors[rows]))
+    def augmented(self, anchors: torch.Tensor, generator: torch.Generator, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Fresh augmented views in [0, 1] of the images `anchors[rows]`, their parameters drawn for all `anchors`."""
         params = self.augment.draw(len(anchors), self.train.images.shape[-2:], generator, anchors.device)
         return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows))
+
+    def positive_views(self, anchors: torch.Tensor, generator: torch.Generator,
+                       rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Augmented views in [0, 1] of the images `anchors[rows]`: the stored ones with `fixed_views`."""
+        if self.stored_views is not None:
+            return to_unit(self.stored_views.index_select(0, anchors[rows]))
+        return self.augmented(anchors, generator, rows)
 
     def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator,
                      rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """The anchors `anchors[rows]` in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
         if self.augment_anchor:
-            params = self.augment.draw(len(anchors), self.train.images.shape[-2:], generator, anchors.device)
-            return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows))
+            return self.augmented(anchors, generator, rows)
         return to_unit(self.train.take(anchors[rows]))
 
     def negative_images(self, anchors: torch.Tensor, generator: torch.Generator,
@@ -156,7 +159,7 @@ class TripletSampler(TupleSampler):
         return len(self.train)
 
     def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare((len(ids),))
+        share = share or BatchShare.split(len(ids))
         rows = share.rows
         stacked = torch.cat([self.anchor_views(ids, streams.augment, rows),
                              self.positive_views(ids, streams.augment, rows),
@@ -175,7 +178,7 @@ class PairSampler(TupleSampler):
         return 2 * len(self.train)
 
     def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare((len(ids),))
+        share = share or BatchShare.split(len(ids))
         rows = share.rows
         n = len(self.train)
         anchor_ids = ids % n
@@ -216,7 +219,7 @@ class MultiViewSampler(TupleSampler):
         return len(self.train)
 
     def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare((len(ids),))
+        share = share or BatchShare.split(len(ids))
         rows = share.rows
         first = self.anchor_views(ids, streams.augment, rows)  # a clean first view unless augment_anchor
         others = [self.positive_views(ids, streams.augment, rows) for _ in range(self.views - 1)]

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cl_runner.io import write_bytes_atomic
+from cl_runner import atomic
 from cl_runner.randomness import TrainingStreams
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
-class TrainStats:
+class TrainingRecord:
     """What pretraining measured: wall time, work done, and the mean loss of every epoch."""
 
     seconds: float = 0.0
@@ -36,11 +36,11 @@ class TrainStats:
 
 
 @dataclass
-class TrainState:
-    """Where training stands, enough to continue it exactly: epochs completed, steps done in the current
-    epoch, that epoch's tuple order and its running loss sum."""
+class LoopPosition:
+    """Where the training loop stands, enough to continue it exactly: epochs completed, steps done in the current
+    epoch, that epoch's tuple order and its running loss sum, and the record of the training so far."""
 
-    stats: TrainStats = field(default_factory=TrainStats)
+    record: TrainingRecord = field(default_factory=TrainingRecord)
     epoch: int = 0
     step_in_epoch: int = 0
     order: torch.Tensor | None = None
@@ -63,7 +63,7 @@ class Checkpointer:
     def describe(self) -> str:
         return str(self.path) if self.path.exists() else "none written yet"
 
-    def save(self, state: TrainState) -> str:
+    def save(self, state: LoopPosition) -> str:
         if not self.writes:
             return str(self.path)
         payload = {
@@ -78,14 +78,14 @@ class Checkpointer:
             "position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                          "order": None if state.order is None else state.order.cpu(),
                          "epoch_loss_sum": state.epoch_loss_sum},
-            "stats": vars(state.stats),
+            "stats": vars(state.record),
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        write_bytes_atomic(self.path, buffer.getvalue())
+        atomic.write_bytes(self.path, buffer.getvalue())
         return str(self.path)
 
-    def restore(self) -> TrainState:
+    def restore(self) -> LoopPosition:
         """Load the checkpoint into the bound objects; returns the position to continue from."""
         payload = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
         self.encoder.load_state_dict(payload["encoder"])
@@ -103,7 +103,7 @@ class Checkpointer:
         self.streams.load_state_dict(rng["streams"])
         position = payload["position"]
         order = position["order"]
-        return TrainState(stats=TrainStats(**payload["stats"]), epoch=position["epoch"],
+        return LoopPosition(record=TrainingRecord(**payload["stats"]), epoch=position["epoch"],
                           step_in_epoch=position["step_in_epoch"],
                           order=None if order is None else order.to(self.streams.order.device),
                           epoch_loss_sum=position["epoch_loss_sum"])

@@ -23,8 +23,8 @@ from cl_runner import distributed, experiment, run_folder
 from cl_runner.config import validate
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
+from cl_runner.interruption import Interrupted
 from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
-from cl_runner.train import Interrupted
 
 log = logging.getLogger(__name__)
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
@@ -101,7 +101,7 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
                 if hydra_cfg.mode.name != "RUN":
                     raise UserError("resume= continues one run; it cannot be part of a multirun (-m)")
                 cfg = run_folder.resumed_config(Path(cfg.resume), overrides)
-            validate(cfg, choices)
+            validate(cfg, choices, world.size)
             action = run_folder.sweep_job_action(run_dir, cfg) if in_sweep and world.is_main else None
         action = distributed.broadcast(action, world)
         if action is not None:

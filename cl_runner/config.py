@@ -1,7 +1,9 @@
-"""Validation of the composed config, before any work: each problem is one sentence naming the key.
+"""Every check of a run's settings, each problem one sentence naming the key: `validate` checks the composed
+config before any work (types, ranges, the combinations that cannot work, the split over the processes); the
+`check_*` functions check what only the data can tell (labels, sizes, the encoder's image size), as soon as it
+is read.
 
-Hydra already refuses unknown groups, options and keys (the config stays in struct mode); this module checks
-types, ranges and the combinations that cannot work.
+Hydra already refuses unknown groups, options and keys (the config stays in struct mode).
 """
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from collections.abc import Callable
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from cl_runner import evaluate
+from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import LR_SCALING
@@ -70,9 +75,9 @@ DATASET_RULES: list[tuple[str, Callable[[object], bool], str]] = [
 ]
 
 
-def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
+def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: int = 1) -> None:
     """Raise UserError for the first problem found in `cfg`. `choices` maps group -> chosen option (Hydra's
-    runtime choices), used to name options in messages."""
+    runtime choices), used to name options in messages; `processes`: how many share each batch (torchrun)."""
     choices = choices or {}
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise UserError(f"dataset={choices.get('dataset', 'image_folder')} needs the folder: add dataset.path=DIR")
@@ -97,3 +102,42 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     if loss_class.two_views and cfg.pairing.views != 2:
         raise UserError(f"loss={loss_name} compares two views of each image: it needs pairing.views=2, "
                         f"not {cfg.pairing.views}")
+    if cfg.batch_size % processes:
+        lower = cfg.batch_size - cfg.batch_size % processes
+        raise UserError(f"batch_size={cfg.batch_size} does not split evenly over {processes} processes: use a "
+                        f"multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+
+
+def check_labels_needed(cfg: DictConfig, dataset_name: str) -> None:
+    """Refuse a training setup that draws on class labels, for a data set that has none (before any image is
+    decoded)."""
+    if cfg.pairing.get("negatives") == "label_aware":
+        raise UserError(f"{dataset_name} has no labels, but pairing.negatives=label_aware draws negatives from "
+                        "other classes; use pairing.negatives=random")
+
+
+def check_data(cfg: DictConfig, data: Splits, overrides: list[str]) -> None:
+    """Refuse settings larger than the data read: a batch beyond the training set, more t-SNE points asked for
+    (on the command line) than there are test images."""
+    if cfg.batch_size > len(data.train):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train)} images)")
+    if any(o.startswith("eval.tsne_points=") for o in overrides) and cfg.eval.tsne_points > len(data.test):
+        raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(data.test)} test images")
+
+
+def check_image_size(encoder: nn.Module, images: ImageSet) -> None:
+    """Refuse images that the encoder cannot take: too small for its layers, or giving features of another size
+    than its head was built for; the message says which sizes the chosen backbone takes."""
+    backbone = encoder.backbone
+    name, side = type(backbone).__name__, "x".join(str(n) for n in images.images.shape[-2:])
+    sample = images.take(torch.arange(1, device=next(encoder.parameters()).device))
+    try:
+        features = evaluate.embed(encoder, sample, "backbone")
+    except RuntimeError as err:
+        raise UserError(f"images of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}): it "
+                        f"takes {backbone.image_sizes}; set dataset.image_size larger (image folders) or choose "
+                        "another encoder") from err
+    if features.shape[1] != backbone.embedding_dim:
+        raise UserError(f"the encoder's {name} gives {features.shape[1]} features for images of {side}, not its "
+                        f"{backbone.embedding_dim}: it takes {backbone.image_sizes}; set dataset.image_size (image "
+                        "folders) or choose another encoder")

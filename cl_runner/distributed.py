@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cl_runner.batch import BatchShare
 from cl_runner.errors import UserError
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer ends the run (a hung rank)
@@ -50,6 +51,10 @@ class World:
 
     def __str__(self) -> str:
         return f"rank {self.rank} of {self.size}"
+
+    def share(self, total: int) -> BatchShare:
+        """This process's contiguous part of `total` rows (a step's tuples, the images to embed)."""
+        return BatchShare.split(total, self.size, self.rank)
 
 
 def cluster_world() -> World:
@@ -196,43 +201,14 @@ def gather(x: torch.Tensor, dim: int = 0, sizes: tuple[int, ...] | None = None) 
     return torch.cat(parts).movedim(0, dim)
 
 
-def gather_constant(x: torch.Tensor, dim: int = 0, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
-    """As `gather`, for tensors that carry no gradient (labels, a momentum encoder's keys, input images)."""
+def gather_constant(x: torch.Tensor | None, dim: int = 0, sizes: tuple[int, ...] | None = None
+                    ) -> torch.Tensor | None:
+    """As `gather`, for tensors that carry no gradient (labels, a momentum encoder's keys, input images); None
+    stays None."""
+    if x is None:
+        return None
     with torch.no_grad():
         return gather(x.detach(), dim, sizes)
-
-
-@dataclass(frozen=True)
-class BatchShare:
-    """This process's part of a step's global batch: the batch is split in rank order into contiguous parts whose
-    sizes differ by at most one (torch.tensor_split's sizes). One process holds the whole batch."""
-
-    sizes: tuple[int, ...]
-    rank: int = 0
-
-    @classmethod
-    def split(cls, total: int, world: World = World()) -> "BatchShare":
-        base, extra = divmod(total, world.size)
-        return cls(tuple(base + (r < extra) for r in range(world.size)), world.rank)
-
-    @property
-    def rows(self) -> slice:
-        """This process's rows of the global batch."""
-        start = sum(self.sizes[:self.rank])
-        return slice(start, start + self.sizes[self.rank])
-
-    @property
-    def weight(self) -> float:
-        """The factor on a mean over this process's tuples that makes the ranks' average (DDP's) the mean over
-        the global batch: 1 when the parts are of one size."""
-        return self.sizes[self.rank] * len(self.sizes) / sum(self.sizes)
-
-    def gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        """The global batch's `x` along `dim` from every process's part, with gradients (see `gather`)."""
-        return gather(x, dim, self.sizes)
-
-    def gather_constant(self, x: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
-        return None if x is None else gather_constant(x, dim, self.sizes)
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

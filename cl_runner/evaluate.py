@@ -1,10 +1,14 @@
-"""Evaluate a frozen encoder: embeddings of clean images, linear probe, kNN, top-k, confusion, diagnostics.
+"""Evaluate a frozen encoder: embeddings of clean images, linear probe, kNN, top-k, confusion, diagnostics; and the
+random-initialization baseline, the same evaluation of the encoder as initialized.
 
 Two protocols, each named in the output:
 - `paper`: the study's; the test embeddings split 80/20 (stratified, seeded), fitted on 80%, scored on 20%.
 - `standard`: the field's linear probe; fitted on the training-set embeddings, scored on the whole test set.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,11 +19,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from omegaconf import DictConfig
 from torch import nn
 
-from cl_runner import distributed
+from cl_runner import distributed, randomness
 from cl_runner.data.augment import normalize, to_unit
-from cl_runner.distributed import BatchShare, World
+from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.distributed import World
 
 PROTOCOLS = ("paper", "standard")
 
@@ -31,7 +37,7 @@ def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone", 
     uses its running statistics, nothing is updated); `features`: the backbone's, or the projector's output.
     In a distributed run (`world`) each process embeds its contiguous shard and every process receives all."""
     if world.is_distributed:
-        share = BatchShare.split(len(images), world)
+        share = world.share(len(images))
         mine = torch.from_numpy(embed(encoder, images[share.rows], features, batch_size))
         return distributed.gather_constant(mine, sizes=share.sizes).numpy()
     was_training = encoder.training
@@ -146,8 +152,8 @@ def standard_protocol(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
     return result
 
 
-def metrics_without_figures(metrics: dict) -> dict:
-    """The protocols' numbers and the diagnostics of `metrics` (no confusion matrices)."""
+def scores_only(metrics: dict) -> dict:
+    """The protocols' scores and the diagnostics of `metrics`, without the confusion matrices."""
     kept = {"diagnostics": {k: v for k, v in metrics["diagnostics"].items() if k != "alignment"}}
     for protocol in PROTOCOLS:
         if protocol in metrics:
@@ -162,11 +168,103 @@ def gains(trained: dict, initial: dict) -> dict:
             for protocol in PROTOCOLS if protocol in initial}
 
 
-def final_figures(metrics: dict) -> dict[str, float]:
+def final_scores(metrics: dict) -> dict[str, float]:
     """Every accuracy as `eval/PROTOCOL/NAME`, and its gain over the initialization as `gain/PROTOCOL/NAME`."""
-    figures = {}
+    scores = {}
     for protocol in PROTOCOLS:
         for prefix, source in (("eval", metrics), ("gain", metrics.get("gain", {}))):
-            figures.update({f"{prefix}/{protocol}/{name}": value
-                            for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
-    return figures
+            scores.update({f"{prefix}/{protocol}/{name}": value
+                           for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
+    return scores
+
+
+@dataclass
+class Embeddings:
+    """What the evaluation reads of the encoders: the trained encoder's embeddings of the test images, of the
+    probe's training images (standard protocol) and of one augmented view of the first test images (alignment);
+    and, for the random-encoder baseline, the initialization's of the test and probe images."""
+
+    test: np.ndarray
+    probe: np.ndarray | None
+    views: np.ndarray
+    initial_test: np.ndarray | None = None
+    initial_probe: np.ndarray | None = None
+
+
+def embed_for_evaluation(settings: DictConfig, encoder: nn.Module, initial: nn.Module | None, augment: Callable,
+                         data: Splits, seed: int, world: World = World()) -> Embeddings:
+    """Every embedding the evaluation (`settings`: the config's `eval`) needs, in one phase: the trained
+    `encoder`'s, and the `initial` encoder's for the baseline (None: no baseline, or an untrained run, which is
+    its own). In a distributed run each process embeds its shard of every set and all receive the whole; the
+    probes then run on rank 0."""
+    probed = "standard" in settings.protocols and data.test.labelled
+
+    def embed_all(model: nn.Module, images: torch.Tensor) -> np.ndarray:
+        return embed(model, images, settings.features, world=world)
+
+    views = alignment_views(augment, data.test, seed, next(encoder.parameters()).device)
+    embedded = Embeddings(embed_all(encoder, data.test.images),
+                          embed_all(encoder, data.probe.images) if probed else None, embed_all(encoder, views))
+    if initial is not None:
+        embedded.initial_test = embed_all(initial, data.test.images)
+        embedded.initial_probe = embed_all(initial, data.probe.images) if probed else None
+    return embedded
+
+
+def alignment_views(augment: Callable, test: ImageSet, seed: int, device: torch.device, points: int = 2000
+                    ) -> torch.Tensor:
+    """One view (uint8), made on `device`, of each of the first test images, drawn by the run's own augmentation
+    (`augment(images, generator)`, seeded, so it is the same for every run of that augmentation): their
+    embeddings' alignment (Wang & Isola 2020) with the clean images' is a diagnostic."""
+    images = test.take(torch.arange(min(points, len(test)), device=device))
+    generator = randomness.generator(seed, "alignment", device)
+    return augment(images, generator).mul(255).round_().to(torch.uint8)
+
+
+def evaluate_trained(settings: DictConfig, data: Splits, embedded: Embeddings, seed: int) -> dict:
+    """The trained encoder's scores, confusion matrices and diagnostics, alignment included."""
+    metrics = evaluate_embeddings(settings, data, embedded.test, embedded.probe, seed)
+    metrics["diagnostics"]["alignment"] = alignment(embedded.test[:len(embedded.views)], embedded.views)
+    return metrics
+
+
+def add_baseline(metrics: dict, settings: DictConfig, data: Splits, embedded: Embeddings, seed: int) -> None:
+    """The initial encoder's scores and diagnostics (`baseline`) and the trained encoder's gain over them (`gain`),
+    into `metrics`; an untrained run (no initial embeddings) is its own baseline."""
+    initial = metrics if embedded.initial_test is None else evaluate_embeddings(
+        settings, data, embedded.initial_test, embedded.initial_probe, seed)
+    metrics["baseline"] = scores_only(initial)
+    metrics["gain"] = gains(metrics, metrics["baseline"])
+
+
+def evaluate_embeddings(settings: DictConfig, data: Splits, test_x: np.ndarray, probe_x: np.ndarray | None,
+                        seed: int) -> dict:
+    """Both protocols (as configured in `settings`) and the diagnostics, on the frozen encoder's embeddings of
+    clean images: `test_x` the test set's, `probe_x` the probe set's (standard protocol). Unlabelled test images
+    get the (label-free) diagnostics only."""
+    metrics: dict = {"features": settings.features, "diagnostics": diagnostics(test_x)}
+    if not data.test.labelled:  # load_data has said why
+        return metrics
+    num_classes, test_y = len(data.test.classes), data.test.labels.cpu().numpy()
+    if "paper" in settings.protocols:
+        metrics["paper"] = paper_protocol(test_x, test_y, num_classes, seed=randomness.evaluation_seed(seed),
+                                          test_fraction=settings.paper_test_fraction, knn_k=settings.knn_k)
+    if "standard" in settings.protocols:
+        metrics["standard"] = standard_protocol(
+            probe_x, data.probe.labels.cpu().numpy(), test_x, test_y, num_classes, knn_k=settings.knn_k,
+            cosine_knn_k=settings.cosine_knn_k, cosine_knn_temperature=settings.cosine_knn_temperature)
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    """E.g. "paper linear 0.9250 (+0.1510 over its random initialization), kNN 0.9300 (+0.1000); standard ..."."""
+    parts, explained = [], False
+    for protocol in (p for p in PROTOCOLS if p in metrics):
+        for name, label in (("linear_top1", f"{protocol} linear"), ("knn_top1", "kNN")):
+            text = f"{label} {metrics[protocol][name]:.4f}"
+            gain = metrics.get("gain", {}).get(protocol, {}).get(name)
+            if gain is not None:
+                text += f" ({gain:+.4f}{'' if explained else ' over its random initialization'})"
+                explained = True
+            parts.append(text)
+    return ", ".join(parts)

@@ -1,9 +1,10 @@
-"""Write what a run produced: figures, t-SNE coordinates, weights, TensorBoard's HParams; every file through
-cl_runner.io's atomic writes."""
+"""Write what a run produced: figures (PNG), t-SNE coordinates, weights, TensorBoard's HParams and projector;
+every file through cl_runner.atomic's writes."""
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -14,32 +15,77 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
-from cl_runner.io import write_bytes_atomic  # noqa: E402
+from cl_runner import atomic, evaluate, randomness  # noqa: E402
+from cl_runner.data.datasets import ImageSet  # noqa: E402
 
+log = logging.getLogger(__name__)
 TSNE_COLUMNS = ("x", "y", "label", "index")
+
+
+def scenario_title(choices: dict) -> str:
+    """A figure's title for the scenario, e.g. "mnist / guo / triplet"."""
+    return " / ".join(choices[g] for g in ("dataset", "aug", "loss") if g in choices)
+
+
+def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
+    """What TensorBoard's HParams tab compares a sweep's runs by: the scenario's choices and the key settings."""
+    return {**choices, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
+
+
+def tsne_outputs(settings: DictConfig, seed: int, run_dir: Path, test_x: np.ndarray, test: ImageSet, title: str,
+                 writer: SummaryWriter) -> None:
+    """t-SNE of the first `settings.tsne_points` test images (tsne.csv, tsne.png titled `title`: the scenario)
+    and the same embeddings for TensorBoard's projector."""
+    points = min(settings.tsne_points, len(test_x))
+    if points < settings.tsne_points:
+        log.info("eval.tsne_points=%d but the test set has %d images: using %d", settings.tsne_points,
+                 len(test_x), points)
+    if points < 2:
+        return
+    if evaluate.is_collapsed(test_x[:points]):  # scikit-learn's t-SNE can crash on identical points
+        log.warning("t-SNE skipped: every test embedding is the same (the encoder has collapsed)")
+        return
+    labels = test.labels[:points].cpu().numpy() if test.labelled else np.full(points, -1)  # -1: unlabelled
+    coords = tsne(test_x[:points], seed=randomness.evaluation_seed(seed), perplexity=settings.tsne_perplexity)
+    write_tsne_csv(run_dir / "tsne.csv", coords, labels)
+    save_tsne_png(run_dir / "tsne.png", coords, labels, test.classes,
+                  f"{title}: t-SNE of the first {points} test images")
+    writer.add_embedding(test_x[:points], metadata=[test.classes[c] for c in labels] if test.labelled else None,
+                         tag="test_embeddings")
+
+
+def final_outputs(run_dir: Path, metrics: dict, protocol: str, classes: list[str], title: str,
+                  encoder: torch.nn.Module) -> None:
+    """The confusion matrix of `protocol`'s linear probe as a figure (when it ran) and the encoder's weights."""
+    if protocol in metrics:
+        save_confusion_png(run_dir / "confusion_matrix.png", metrics[protocol]["confusion_matrix"], classes,
+                           f"{title}: linear probe, {protocol} protocol, top-1 {metrics[protocol]['linear_top1']:.3f}")
+    save_weights(encoder, run_dir / "encoder.pt")
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
-def log_hparams(writer: SummaryWriter, hyperparameters: dict, figures: dict[str, float], step: int) -> None:
-    """The run's hyperparameters and final figures for TensorBoard's HParams tab, in the run's own event files
-    (SummaryWriter.add_hparams would start a second run folder), and the figures as scalars at `step`."""
-    for summary in hparams(hyperparameters, figures):  # the experiment, session-start and session-end records
+def log_hparams(writer: SummaryWriter, hyperparameters: dict, scores: dict[str, float], step: int) -> None:
+    """The run's hyperparameters and final scores for TensorBoard's HParams tab, in the run's own event files
+    (SummaryWriter.add_hparams would start a second run folder), and the scores as scalars at `step`."""
+    for summary in hparams(hyperparameters, scores):  # the experiment, session-start and session-end records
         writer.file_writer.add_summary(summary)
-    for tag, value in figures.items():
+    for tag, value in scores.items():
         writer.add_scalar(tag, value, step)
 
 
@@ -54,7 +100,7 @@ def write_tsne_csv(path: Path, coords: np.ndarray, labels: np.ndarray) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(TSNE_COLUMNS)
     writer.writerows((f"{x:.5f}", f"{y:.5f}", int(label), i) for i, ((x, y), label) in enumerate(zip(coords, labels)))
-    write_bytes_atomic(path, text.getvalue().encode())
+    atomic.write_bytes(path, text.getvalue().encode())
 
 
 def read_tsne_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ class PamiCNN(nn.Sequential):
     LeakyReLU 0.2), then a 2x2 convolution to 8 channels, a sigmoid and a flatten: 32-d for 28x28 and 32x32."""
 
     embedding_dim = 32
+    image_sizes = "images of 18x18 to 33x33"  # four stride-2 blocks and a 2x2 head leave 2x2 of 8 channels
 
     def __init__(self, in_channels: int = 1, negative_slope: float = 0.2):
         def block(cin: int, cout: int, norm: bool) -> list[nn.Module]:
@@ -38,6 +39,7 @@ class ResNet18(nn.Module):
     convolution and no max-pool; global average pooling gives 512-d features."""
 
     embedding_dim = 512
+    image_sizes = "images of any size (global average pooling)"
 
     def __init__(self, in_channels: int = 3):
         super().__init__()

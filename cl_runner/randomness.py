@@ -30,6 +30,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def evaluation_seed(seed: int) -> int:
+    """The seed of the evaluation's own draws (the paper protocol's split, t-SNE), as scikit-learn takes it."""
+    return stream_seed(seed, "evaluation") % 2**32
+
+
 def generator(seed: int, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch generator on `device` for `purpose`."""
     return torch.Generator(device).manual_seed(stream_seed(seed, purpose))

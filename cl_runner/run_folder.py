@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_runner.checkpoint import CHECKPOINT_FILE
 from cl_runner.errors import UserError
-from cl_runner.io import write_bytes_atomic, write_json
+from cl_runner import atomic
 
 STATUS_FILE = "status.json"
 
@@ -59,8 +59,8 @@ def claim(run_dir: Path, scenario: dict, config: DictConfig, overrides: list[str
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / STATUS_FILE, "x") as fh:
             json.dump(status, fh)
-        write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
-        write_bytes_atomic(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
+        atomic.write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
+        atomic.write_bytes(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
     except FileExistsError:
         raise OthersFolder(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
     except OSError as err:
@@ -76,7 +76,7 @@ def take_over(run_dir: Path) -> dict:
         raise UserError(f"resume={run_dir}: that run is still running (pid {status['pid']})")
     if not (run_dir / CHECKPOINT_FILE).exists():
         raise UserError(f"resume={run_dir}: that folder holds no {CHECKPOINT_FILE} to continue from")
-    write_json(run_dir / STATUS_FILE, {**status, "status": "running", "resumed": _now(), "pid": os.getpid()})
+    atomic.write_json(run_dir / STATUS_FILE, {**status, "status": "running", "resumed": _now(), "pid": os.getpid()})
     return status.get("scenario", {})
 
 
@@ -182,23 +182,24 @@ def record_failure(run_dir: Path, message: str, scenario: dict) -> None:
     try:
         if status is None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / STATUS_FILE, {"status": "failed", "error": message, "finished": _now(),
-                                               "scenario": scenario})
+            atomic.write_json(run_dir / STATUS_FILE, {"status": "failed", "error": message, "finished": _now(),
+                                                      "scenario": scenario})
         elif status.get("status") == "running" and status.get("pid") == os.getpid():
-            write_json(run_dir / STATUS_FILE, {**status, "status": "failed", "error": message, "finished": _now()})
+            atomic.write_json(run_dir / STATUS_FILE, {**status, "status": "failed", "error": message,
+                                                      "finished": _now()})
     except OSError:
         pass  # an unwritable folder was the error itself; stderr still says it
 
 
 def record_interruption(run_dir: Path, signum: int) -> None:
     status = read_status(run_dir) or {}
-    write_json(run_dir / STATUS_FILE, {**status, "status": "interrupted", "signal": signum, "stopped": _now(),
-                                       "resume": f"cl-run resume={run_dir}"})
+    atomic.write_json(run_dir / STATUS_FILE, {**status, "status": "interrupted", "signal": signum, "stopped": _now(),
+                                              "resume": f"cl-run resume={run_dir}"})
 
 
 def record_completion(run_dir: Path) -> None:
     status = read_status(run_dir) or {}
-    write_json(run_dir / STATUS_FILE, {**status, "status": "completed", "finished": _now()})
+    atomic.write_json(run_dir / STATUS_FILE, {**status, "status": "completed", "finished": _now()})
 
 
 def check_writable(folder: Path) -> None:

@@ -7,6 +7,8 @@ import ctypes.util
 import logging
 import os
 import platform
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,6 +70,36 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         log.warning("precision=bf16: this CPU has no native bf16 instructions (AVX512-BF16, AMX), so bf16 "
                     "is emulated and slower than fp32")
     return precision
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and in which formats the model computes: the device, the precision (`resolve_precision`) and the
+    images' memory format (channels_last: NHWC, the faster convolutions on CPUs and tensor cores)."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    channels_last: bool = True
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16/fp16 autocast on the run's device (see `resolve_precision`); a no-op context for fp32, so the same
+    code runs either way."""
+    if precision not in AUTOCAST_DTYPES:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast on CUDA only; a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
 def native_cpu_bf16() -> bool:

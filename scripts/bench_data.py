@@ -24,11 +24,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from cl_runner import experiment
+from cl_runner import parts as run_parts
 from cl_runner.cli import config_dir
 from cl_runner.data.datasets import CIFAR10, Splits
 from cl_runner.data.image_folder import ImageFolder
-from cl_runner.runtime import device_name, resolve_device
+from cl_runner.runtime import Compute, device_name, resolve_device
 from cl_runner.train import train_step
 
 
@@ -58,16 +58,15 @@ def training_tuples_per_s(splits: Splits, steps: int, device: torch.device, run_
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["loss=triplet", "aug=guo", "batch_size=256", "precision=fp32"])
     train = splits.train.to(device)
-    parts = experiment.build_training(cfg, train, device, "fp32", run_dir)
-    memory_format = torch.channels_last
-    parts.encoder.to(memory_format=memory_format)
+    parts = run_parts.build_training(cfg, train, device, "fp32", run_dir)
+    compute = Compute(device, "fp32")
+    parts.encoder.to(memory_format=compute.memory_format)
     order = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams.order, device=device)
 
     def step(i: int) -> None:
         ids = order[(i * 256) % (len(order) - 256):][:256]
         batch = parts.sampler.batch(ids, parts.streams)
-        train_step(parts.objective, parts.optimizer, parts.scaler, batch, device=device,
-                   precision="fp32", memory_format=memory_format)
+        train_step(parts.objective, parts.optimizer, parts.scaler, batch, compute)
 
     for i in range(3):
         step(i)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
-from cl_runner import distributed, evaluate, experiment
+from cl_runner import distributed, evaluate, experiment, parts
 from cl_runner.cli import config_dir
 from cl_runner.distributed import World
 from cl_runner.runtime import device_name, resolve_device
@@ -29,7 +29,7 @@ def main() -> None:
         cfg = compose("config", overrides=sys.argv[1:])
     device = resolve_device(cfg.device, world.is_distributed)
     data = experiment.load_data(cfg, device, [])
-    encoder = experiment.build_encoder(cfg, data.train.images.shape[1], device)
+    encoder = parts.build_encoder(cfg, data.train.images.shape[1], device)
     seconds = []
     for _ in range(3):
         if world.is_distributed:

@@ -31,13 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
-from cl_runner.checkpoint import TrainState
+from cl_runner.checkpoint import LoopPosition
 from cl_runner.cli import config_dir
 from cl_runner.data.datasets import ImageSet
-from cl_runner.data.pairing import TupleBatch
+from cl_runner.batch import TupleBatch
 from cl_runner.randomness import TrainingStreams
-from cl_runner.runtime import device_name, resolve_device, resolve_precision, retain_freed_memory
-from cl_runner.train import Objective, TrainingParts, TrainSettings, make_grad_scaler, pretrain, train_step
+from cl_runner.parts import Objective, TrainingParts
+from cl_runner.runtime import (Compute, device_name, make_grad_scaler, resolve_device, resolve_precision,
+                               retain_freed_memory)
+from cl_runner.train import LoopSettings, pretrain, train_step
 
 
 def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
@@ -148,7 +150,8 @@ def main() -> None:
         parser.error(f"--steps and --warmup need {needed} training images; {args.dataset} has {len(train)}")
     train = train.head(needed)
     precision = resolve_precision(args.precision, device)
-    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    compute = Compute(device, precision, channels_last=args.memory_format == "channels_last")
+    memory_format = compute.memory_format
     views = 3 if pairing == "triplet" else 2
 
     def fresh_model(compiled: bool = False):
@@ -160,7 +163,7 @@ def main() -> None:
 
     def model_step(parts):
         def step(batch):
-            train_step(*parts, batch, device=device, precision=precision, memory_format=memory_format)
+            train_step(*parts, batch, compute)
         return step
 
     # (a) the study's pipeline (never compiled: the baseline as the study ran it)
@@ -217,10 +220,10 @@ def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, prec
         def run(steps: int) -> float:
             training = TrainingParts(objective.encoder, objective.loss_fn, _Limited(sampler, steps * args.batch_size),
                                      optimizer, scaler, streams, objective=objective)
-            settings = TrainSettings(epochs=1, batch_size=args.batch_size, device=device, precision=precision,
-                                     channels_last=channels_last, checkpoint_every=0)
+            settings = LoopSettings(epochs=1, batch_size=args.batch_size,
+                                    compute=Compute(device, precision, channels_last), checkpoint_every=0)
             start = time.perf_counter()
-            pretrain(training, TrainState(), settings, writer)
+            pretrain(training, LoopPosition(), settings, writer)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start
@@ -238,8 +241,8 @@ class _Limited:
     def tuples_per_epoch(self) -> int:
         return self.tuples
 
-    def batch(self, ids, streams, share=None):
-        return self.sampler.batch(ids, streams, share)
+    def batch(self, ids, streams, rows=None):
+        return self.sampler.batch(ids, streams, rows)
 
 
 def print_table(figures: dict, setting: dict) -> None:

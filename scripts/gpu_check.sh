@@ -49,7 +49,8 @@ from hydra import compose, initialize_config_dir
 
 from cl_runner import experiment
 from cl_runner.cli import config_dir
-from cl_runner.runtime import resolve_precision
+from cl_runner.parts import build_training
+from cl_runner.runtime import Compute, resolve_precision
 from cl_runner.train import train_step
 
 device = torch.device(sys.argv[1])
@@ -57,14 +58,13 @@ with initialize_config_dir(config_dir(), version_base="1.3"):
     cfg = compose("config", overrides=["dataset=cifar10", "aug=simclr", "loss=triplet", "batch_size=256"])
 data = experiment.load_data(cfg, device, [])
 precision = resolve_precision("auto", device)
-parts = experiment.build_training(cfg, data.train, device, precision, Path(tempfile.mkdtemp()))
+parts = build_training(cfg, data.train, device, precision, Path(tempfile.mkdtemp()))
 order = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams.order, device=device)
 
 
 def step(i: int) -> None:
     batch = parts.sampler.batch(order[i * 256:(i + 1) * 256], parts.streams)
-    train_step(parts.objective, parts.optimizer, parts.scaler, batch, device=device,
-               precision=precision, memory_format=torch.channels_last)
+    train_step(parts.objective, parts.optimizer, parts.scaler, batch, Compute(device, precision))
 
 
 step(0)  # warm-up: allocations, autotuning

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cl_runner.data.datasets import MNIST_SAMPLE, MNIST_SAMPLE_SIZES, read_mnist
-from cl_runner.io import write_bytes_atomic
+from cl_runner import atomic
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
         arrays[f"{split}_labels"] = images.labels.numpy().astype(np.uint8)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_bytes_atomic(MNIST_SAMPLE, buffer.getvalue())
+    atomic.write_bytes(MNIST_SAMPLE, buffer.getvalue())
     print(f"wrote {MNIST_SAMPLE} ({len(buffer.getvalue()) / 1e6:.1f} MB)")
 
 

@@ -17,9 +17,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cl_runner import distributed
-from cl_runner.data.pairing import TupleBatch
-from cl_runner.distributed import BatchShare, World
-from cl_runner.train import Objective, make_grad_scaler, train_step
+from cl_runner.batch import BatchShare, TupleBatch
+from cl_runner.distributed import World
+from cl_runner.parts import Objective
+from cl_runner.runtime import Compute, make_grad_scaler
+from cl_runner.train import train_step
 from conftest import REPO
 
 WORLD, TUPLES, CPU = 2, 15, torch.device("cpu")
@@ -36,6 +38,7 @@ class TinyEncoder(nn.Sequential):
         super().__init__(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                          nn.Linear(4 * 4 * 4, self.output_dim))
 
+FP32 = Compute(CPU, "fp32", channels_last=False)
 
 def make_loss(name: str) -> nn.Module:
     cfg = OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml").loss
@@ -57,8 +60,7 @@ def global_batches(name: str) -> list[TupleBatch]:
 def part(batch: TupleBatch, share: BatchShare) -> TupleBatch:
     rows = share.rows
     images = batch.images.unflatten(0, (batch.views, -1))[:, rows].flatten(0, 1)
-    return TupleBatch(images, batch.views, None if batch.target is None else batch.target[rows],
-                      batch.labels[rows], share)
+    return TupleBatch(images, batch.views, None if batch.target is None else batch.target[rows], batch.labels[rows])
 
 
 def train_two_steps(name: str, world: World) -> dict:
@@ -78,8 +80,9 @@ def train_two_steps(name: str, world: World) -> dict:
         objective = nn.parallel.DistributedDataParallel(objective)
     record = {}
     for step, batch in enumerate(global_batches(name)):
-        loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), part(batch, BatchShare.split(
-            TUPLES, world)), device=CPU, precision="fp32", memory_format=torch.contiguous_format, progress=0.5)
+        share = world.share(TUPLES)
+        loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), part(batch, share), FP32, share=share,
+                          progress=0.5)
         if step == 0:
             record["loss"] = distributed.mean_over_ranks(loss)  # what the training log reports
             record["gradients"] = [p.grad.clone() for p in trained]
@@ -104,9 +107,9 @@ def nan_on_one_rank_skips_the_step_everywhere(rank: int) -> bool:
     objective = nn.parallel.DistributedDataParallel(Objective(encoder, loss_fn))
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
     before = [p.detach().clone() for p in encoder.parameters()]
-    batch = part(global_batches("triplet")[0], BatchShare.split(TUPLES, World(rank, WORLD)))
-    loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), batch, device=CPU, precision="fp32",
-                      memory_format=torch.contiguous_format, check_finite=True)
+    share = World(rank, WORLD).share(TUPLES)
+    loss = train_step(objective, optimizer, make_grad_scaler(CPU, "fp32"), part(global_batches("triplet")[0], share),
+                      FP32, share=share, check_finite=True)
     return loss is None and all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
 
 
@@ -153,10 +156,10 @@ def test_two_ranks_train_as_one_process_on_the_whole_batch(name, two_ranks):
 
 
 def test_a_batch_splits_into_parts_that_differ_by_one_at_most():
-    assert BatchShare.split(15, World(0, 2)).sizes == (8, 7)
-    assert [BatchShare.split(10, World(r, 4)).rows for r in range(4)] == [slice(0, 3), slice(3, 6), slice(6, 8),
+    assert World(0, 2).share(15).sizes == (8, 7)
+    assert [World(r, 4).share(10).rows for r in range(4)] == [slice(0, 3), slice(3, 6), slice(6, 8),
                                                                           slice(8, 10)]
-    assert BatchShare.split(15, World(1, 2)).weight == pytest.approx(7 * 2 / 15)
+    assert World(1, 2).share(15).weight == pytest.approx(7 * 2 / 15)
     assert BatchShare.split(15).weight == 1.0
 
 

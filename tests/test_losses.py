@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_runner.data.pairing import TupleBatch
+from cl_runner.batch import BatchShare, TupleBatch
 from cl_runner.losses import (BarlowTwinsLoss, ContrastiveLoss, CosineEmbeddingLoss, DebiasedNTXentLoss, IMixLoss,
                                NPairLoss, NTXentLoss, SupConLoss, TripletMarginLoss, VICRegLoss)
 from conftest import loss_before_and_after_sgd
@@ -267,7 +267,7 @@ def test_imix_equals_the_reference_and_mixes_the_first_views_in_input_space():
         return module(x).view(2, -1, 9)
 
     torch.manual_seed(0)
-    IMixLoss().training_loss(nn.Flatten(), batch, encode)
+    IMixLoss().training_loss(nn.Flatten(), batch, BatchShare.split(4), encode)
     torch.manual_seed(0)
     mix, permutation = float(torch.distributions.Beta(1.0, 1.0).sample()), torch.randperm(4)
     first, second = images[:4], images[4:]

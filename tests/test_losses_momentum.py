@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_runner.data.pairing import TupleBatch
+from cl_runner.batch import TupleBatch
 from cl_runner.losses import BYOLLoss, MoCoLoss, SimSiamLoss
 from cl_runner.losses.momentum import cosine_momentum
 from cl_runner.models import Encoder, PamiCNN
-from cl_runner.train import Objective, make_grad_scaler, train_step
+from cl_runner.parts import Objective
+from cl_runner.runtime import Compute, make_grad_scaler
+from cl_runner.train import train_step
 from conftest import loss_before_and_after_sgd
 
 CPU = torch.device("cpu")
@@ -163,8 +165,8 @@ def test_the_momentum_encoder_gets_no_gradient_and_follows_the_encoder_by_ema(ma
     optimizer = torch.optim.SGD([*encoder.parameters(), *(p for p in loss.parameters() if p.requires_grad)], lr=0.1)
     before = [p.clone() for p in loss.momentum_encoder.parameters()]
     images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    train_step(Objective(encoder, loss), optimizer, make_grad_scaler(CPU, "fp32"), TupleBatch(images, views=2), device=CPU,
-               precision="fp32", memory_format=torch.contiguous_format, progress=0.0)
+    train_step(Objective(encoder, loss), optimizer, make_grad_scaler(CPU, "fp32"), TupleBatch(images, views=2),
+               Compute(CPU, "fp32", channels_last=False), progress=0.0)
     tau = loss.momentum  # progress 0: the schedule's start
     for old, new, online in zip(before, loss.momentum_encoder.parameters(), encoder.parameters()):
         assert not new.requires_grad and new.grad is None

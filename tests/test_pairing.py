@@ -5,7 +5,7 @@ from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import (LabelAwareNegatives, MultiViewSampler, PairSampler, RandomNegatives,
                                    TripletSampler)
-from cl_runner.distributed import BatchShare, World
+from cl_runner.distributed import World
 from cl_runner.randomness import TrainingStreams
 
 
@@ -150,9 +150,9 @@ def test_the_ranks_parts_of_a_batch_make_the_one_process_batch(kind, sync_free):
     sampler.sync_free = sync_free
     ids = torch.randperm(sampler.tuples_per_epoch(), generator=torch.Generator().manual_seed(3))[:50]
     whole = sampler.batch(ids, TrainingStreams.from_seed(1))
-    parts = [sampler.batch(ids, TrainingStreams.from_seed(1), BatchShare.split(50, World(rank, 3)))
-             for rank in range(3)]
-    assert [p.share.sizes for p in parts] == [(17, 17, 16)] * 3
+    shares = [World(rank, 3).share(50) for rank in range(3)]
+    assert [share.sizes for share in shares] == [(17, 17, 16)] * 3
+    parts = [sampler.batch(ids, TrainingStreams.from_seed(1), share.rows) for share in shares]
     views = whole.views
     assert torch.equal(torch.cat([p.images.unflatten(0, (views, -1)) for p in parts], dim=1),
                        whole.images.unflatten(0, (views, -1)))

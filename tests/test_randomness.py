@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cl_runner import evaluate, experiment
+from cl_runner import evaluate, experiment, parts
 from cl_runner.data.datasets import Digits
 from cl_runner.randomness import TrainingStreams, stream_seed
 from conftest import REPO
@@ -23,9 +23,9 @@ def first_batch(*overrides: str, tmp_path):
     """The encoder as built, and the first step's tuple ids and batch, of a run with these overrides."""
     cfg = composed(*overrides)
     train = Digits().read("train").head(256)
-    parts = experiment.build_training(cfg, train, torch.device("cpu"), "fp32", tmp_path)
-    ids = torch.randperm(parts.sampler.tuples_per_epoch(), generator=parts.streams.order)[:cfg.batch_size]
-    return parts.encoder, ids, parts.sampler.batch(ids, parts.streams)
+    built = parts.build_training(cfg, train, torch.device("cpu"), "fp32", tmp_path)
+    ids = torch.randperm(built.sampler.tuples_per_epoch(), generator=built.streams.order)[:cfg.batch_size]
+    return built.encoder, ids, built.sampler.batch(ids, built.streams)
 
 
 def test_streams_are_distinct_per_purpose_and_fixed_per_seed():
@@ -70,7 +70,7 @@ def test_the_baseline_equals_an_untrained_run_of_the_same_seed(tmp_path, loss):
     common = [f"loss={loss}", "aug=guo", "dataset.train_subset=300", "eval.tsne_points=0", "seed=4"]
     trained = experiment.run(composed(*common, "epochs=1"), tmp_path / "trained", {}, common)
     untrained = experiment.run(composed(*common, "epochs=0"), tmp_path / "untrained", {}, common)
-    assert trained["baseline"] == untrained["baseline"] == evaluate.metrics_without_figures(untrained)
+    assert trained["baseline"] == untrained["baseline"] == evaluate.scores_only(untrained)
     for protocol in ("paper", "standard"):
         assert trained[protocol] != untrained[protocol]  # it did train
         for name, gain in trained["gain"][protocol].items():

@@ -14,15 +14,17 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import experiment
-from cl_runner.checkpoint import Checkpointer, TrainState
+from cl_runner.checkpoint import Checkpointer, LoopPosition
 from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.randomness import TrainingStreams
-from cl_runner.train import (Diverged, Interrupted, SignalStop, TrainingParts, TrainSettings, make_grad_scaler,
-                             pretrain)
+from cl_runner.interruption import Interrupted, SignalStop
+from cl_runner.parts import TrainingParts
+from cl_runner.runtime import make_grad_scaler
+from cl_runner.train import Diverged, LoopSettings, pretrain
 from conftest import DATA_ROOT, REPO, run_cli
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",
@@ -119,13 +121,13 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
     loss_fn = NaNAtStep(6)
     checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, streams)
-    state = TrainState()
+    state = LoopPosition()
     with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
         pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
-                 state, TrainSettings(epochs=3, batch_size=64), writer)  # 4 steps an epoch: the NaN comes in epoch 2
+                 state, LoopSettings(epochs=3, batch_size=64), writer)  # 4 steps an epoch: the NaN comes in epoch 2
     message = str(stop.value)
     assert "loss became NaN or infinite by step 6" in message and str(tmp_path / "checkpoint.pt") in message
-    assert state.stats.steps == 5  # the NaN step was not applied
+    assert state.record.steps == 5  # the NaN step was not applied
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["position"]["epoch"] == 1 and saved["stats"]["steps"] == 4
     assert all(torch.isfinite(p).all() for p in saved["encoder"].values() if p.is_floating_point())
@@ -150,13 +152,13 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
     def train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, stop_signal):
         with SummaryWriter(str(run_dir / "tb")) as writer:
             pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
-                     state, TrainSettings(epochs=2, batch_size=64), writer, stop_signal)
+                     state, LoopSettings(epochs=2, batch_size=64), writer, stop_signal)
 
     encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
     steps = iter(range(1, 100))
     stop = (lambda: signal.SIGTERM if next(steps) == stop_at_step else None) if stop_at_step else (lambda: None)
     try:
-        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, TrainState(), stop)
+        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, LoopPosition(), stop)
     except Interrupted:
         encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
         state = checkpointer.restore()

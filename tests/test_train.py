@@ -5,12 +5,14 @@ import sys
 import pytest
 import torch
 
-from cl_runner.data.pairing import TupleBatch
+from cl_runner.batch import TupleBatch
 from cl_runner.errors import UserError
 from cl_runner.losses import TripletMarginLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.runtime import native_cpu_bf16, resolve_precision
-from cl_runner.train import Objective, make_grad_scaler, train_step
+from cl_runner.parts import Objective
+from cl_runner.runtime import Compute, make_grad_scaler
+from cl_runner.train import train_step
 
 FREED_BYTES = """
 import sys
@@ -63,8 +65,7 @@ def test_bf16_on_cpu_runs_the_encoder_in_bf16_and_keeps_fp32_parameters():
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
         images = torch.rand(96, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
         losses[precision] = train_step(Objective(encoder, TripletMarginLoss()), optimizer, make_grad_scaler(CPU, precision),
-                                       TupleBatch(images, views=3), device=CPU, precision=precision,
-                                       memory_format=torch.channels_last).item()
+                                       TupleBatch(images, views=3), Compute(CPU, precision)).item()
         expected = torch.bfloat16 if precision == "bf16" else torch.float32
         assert seen == [expected]
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in encoder.parameters())

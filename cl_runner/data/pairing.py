@@ -6,40 +6,21 @@ another class (label-aware negatives, which avoid the sample bias of Chuang et a
 draws them without labels (the unsupervised setting) and `augment_anchor` augments the anchor too. A sampler
 turns a batch of tuple ids into one stacked batch of model inputs, all on the training device.
 
-In a distributed run each process builds only its part of the global batch (`BatchShare`), but every random
-draw (augmentation parameters, negatives) is made for the whole global batch from the shared streams, so the
-processes' parts together are exactly the batch one process would build.
+In a distributed run each process builds only its rows of the global batch, but every random draw (augmentation
+parameters, negatives) is made for the whole global batch from the shared streams, so the processes' parts
+together are exactly the batch one process would build.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 
+from cl_runner.batch import TupleBatch
 from cl_runner.data.augment import normalize, rows_of, to_unit
 from cl_runner.data.datasets import ImageSet
-from cl_runner.distributed import BatchShare
 from cl_runner.errors import ConfigError
 from cl_runner.randomness import TrainingStreams
-
-
-@dataclass
-class TupleBatch:
-    """The model inputs of one step (this process's part of it, `share`): `views` groups of the same size stacked
-    along dim 0, so the encoder runs once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per
-    pair (pairs only); `labels` the class of each tuple where the pairing may use labels (label-aware multi-view
-    batches)."""
-
-    images: torch.Tensor
-    views: int
-    target: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    share: BatchShare | None = None
-
-    def __post_init__(self):
-        if self.share is None:
-            self.share = BatchShare.split(len(self.images) // self.views)
 
 
 class LabelAwareNegatives:
@@ -119,10 +100,10 @@ class TupleSampler(ABC):
         """How many tuples one epoch visits."""
 
     @abstractmethod
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
         """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation), or of this
-        process's `share` of them; views draw from `streams.augment`, negatives from `streams.negatives`, both
-        for all of `ids`."""
+        process's `rows` of them (a distributed run); views draw from `streams.augment`, negatives from
+        `streams.negatives`, both for all of `ids`."""
 
     def augmented(self, anchors: torch.Tensor, generator: torch.Generator, rows: slice | torch.Tensor) -> torch.Tensor:
         """Fresh augmented views in [0, 1] of the images `anchors[rows]`, their parameters drawn for all `anchors`."""
@@ -158,13 +139,12 @@ class TripletSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare.split(len(ids))
-        rows = share.rows
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
+        rows = rows or slice(0, len(ids))
         stacked = torch.cat([self.anchor_views(ids, streams.augment, rows),
                              self.positive_views(ids, streams.augment, rows),
                              self.negative_images(ids, streams.negatives, rows)])
-        return TupleBatch(normalize(stacked), views=3, share=share)
+        return TupleBatch(normalize(stacked), views=3)
 
 
 class PairSampler(TupleSampler):
@@ -177,9 +157,8 @@ class PairSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return 2 * len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare.split(len(ids))
-        rows = share.rows
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
+        rows = rows or slice(0, len(ids))
         n = len(self.train)
         anchor_ids = ids % n
         is_positive = ids < n
@@ -196,7 +175,7 @@ class PairSampler(TupleSampler):
                 mine = torch.nonzero((where >= rows.start) & (where < rows.stop)).squeeze(1)
                 second.index_copy_(0, where[mine] - rows.start, make(anchor_ids[where], generator, mine))
         target = is_positive[rows].float() * 2 - 1
-        return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target, share=share)
+        return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
 
 
 class MultiViewSampler(TupleSampler):
@@ -218,10 +197,9 @@ class MultiViewSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, share: BatchShare | None = None) -> TupleBatch:
-        share = share or BatchShare.split(len(ids))
-        rows = share.rows
+    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
+        rows = rows or slice(0, len(ids))
         first = self.anchor_views(ids, streams.augment, rows)  # a clean first view unless augment_anchor
         others = [self.positive_views(ids, streams.augment, rows) for _ in range(self.views - 1)]
         labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None
-        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels, share=share)
+        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels)

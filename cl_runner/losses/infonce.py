@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from cl_runner import distributed
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
@@ -162,15 +163,14 @@ class IMixLoss(Loss):
         self.temperature = temperature
         self.beta = torch.distributions.Beta(alpha, alpha)
 
-    def training_loss(self, encoder, batch, encode):
-        share = batch.share
+    def training_loss(self, encoder, batch, share, encode):
         first, second = batch.images.unflatten(0, (2, -1))  # each: tuples x C x H x W
         mix = float(self.beta.sample())  # drawn on the CPU: no device sync
-        everyones_first = share.gather_constant(first)  # the global batch's first views
+        everyones_first = distributed.gather_constant(first, sizes=share.sizes)  # the global batch's first views
         permutation = torch.randperm(len(everyones_first), device=first.device)
         partners = everyones_first[permutation[share.rows]]
         mixed = torch.lerp(partners, first, mix)  # mix * first + (1 - mix) * first[permutation]
-        z = share.gather(encode(encoder, torch.cat([mixed, second])), dim=1)
+        z = distributed.gather(encode(encoder, torch.cat([mixed, second])), dim=1, sizes=share.sizes)
         return self(z, mix, permutation)
 
     def forward(self, z: torch.Tensor, mix: float, permutation: torch.Tensor) -> torch.Tensor:

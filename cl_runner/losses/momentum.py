@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_runner import distributed
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 from cl_runner.losses.siamese import cross_view_cosine
@@ -68,13 +69,13 @@ class MoCoLoss(_MomentumEncoder):
         self.register_buffer("queue_labels", torch.full((self.queue_size,), -1))  # -1: no class
         self.register_buffer("queue_position", torch.zeros((), dtype=torch.long))
 
-    def training_loss(self, encoder, batch, encode):
+    def training_loss(self, encoder, batch, share, encode):
         queries = F.normalize(encode(encoder, batch.images), dim=-1)  # 2 x tuples x dim
         with torch.no_grad():
             keys = F.normalize(encode(self.momentum_encoder, batch.images), dim=-1)
-        loss = self(queries, keys, batch.labels) * batch.share.weight
-        labels = batch.share.gather_constant(batch.labels)  # the global batch's keys enter the queue
-        self.enqueue(batch.share.gather_constant(keys, dim=1).flatten(0, 1),
+        loss = self(queries, keys, batch.labels) * share.weight
+        labels = distributed.gather_constant(batch.labels, sizes=share.sizes)  # the global batch's keys: the queue
+        self.enqueue(distributed.gather_constant(keys, dim=1, sizes=share.sizes).flatten(0, 1),
                      None if labels is None else labels.repeat(2))
         return loss
 
@@ -116,11 +117,11 @@ class BYOLLoss(_MomentumEncoder):
         super().setup(encoder, batch_size)
         self.predictor = ProjectionHead([encoder.output_dim, self.predictor_hidden, encoder.output_dim])
 
-    def training_loss(self, encoder, batch, encode):
+    def training_loss(self, encoder, batch, share, encode):
         z = encode(encoder, batch.images)
         with torch.no_grad():
             targets = encode(self.momentum_encoder, batch.images)
-        return self(self.predictor(z.flatten(0, 1)).view_as(z), targets) * batch.share.weight
+        return self(self.predictor(z.flatten(0, 1)).view_as(z), targets) * share.weight
 
     def forward(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """predictions, targets: [2, tuples, dim]."""

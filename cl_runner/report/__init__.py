@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cl_runner import io, run_folder
+from cl_runner import atomic, run_folder
 from cl_runner.report.comparisons import default_factors
 from cl_runner.report.figures import save_results_png, save_tsne_grid
 from cl_runner.report.jobs import factor_columns, load_jobs
@@ -38,7 +38,7 @@ def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
     if unknown:
         raise ValueError(f"--compare {', '.join(unknown)}: not a factor of this sweep; it has {', '.join(known)}")
     comparisons = {f: comparison_table(jobs, f) for f in (default_factors(jobs) if compare is None else compare)}
-    write = io.write_bytes_atomic
+    write = atomic.write_bytes
     write(sweep_dir / "results.md", report_markdown(sweep_dir, jobs, comparisons).encode())
     write(sweep_dir / "results.csv", csv_table(*job_table(jobs)).encode())
     write(sweep_dir / "scenarios.csv", csv_table(*interval_table(jobs)).encode())

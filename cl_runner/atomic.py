@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -17,4 +17,4 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -47,7 +47,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 def retain_freed_memory() -> bool:
     """Keep freed host memory in the process instead of returning it to the OS. glibc serves blocks above
     32 MB (a batch of images, an activation) with mmap and unmaps them on free, so every training step
-    page-faults them in again; on the 2-core CPU that cost about half the step time (README, Performance).
+    page-faults them in again, a large share of a CPU step's time (measured: README, Performance).
     Memory is reused within the process rather than given back. Returns whether the setting applied (glibc)."""
     libc_name = ctypes.util.find_library("c")
     try:
@@ -59,8 +59,8 @@ def retain_freed_memory() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision a run uses on `device`. `auto`: bf16 autocast on CUDA and on CPUs with native bf16
-    instructions (AVX512-BF16 or AMX; there the study's runs train about 1.35x faster with the same accuracy,
-    README, Performance), fp32 on other CPUs. An explicit bf16 on a CPU without them is emulated and slower,
+    instructions (AVX512-BF16 or AMX; there the study's runs train faster with the same accuracy: README,
+    Performance), fp32 on other CPUs. An explicit bf16 on a CPU without them is emulated and slower,
     which is logged. fp16 is for CUDA only."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()) else "fp32"
@@ -117,7 +117,7 @@ JOB_MEMORY = 4 * 2**30  # bytes a local sweep job is allowed for (the embedded d
 
 def local_sweep_jobs() -> int:
     """How many jobs of a sweep the local launcher runs at once: one per core on a CPU-only machine (two one-thread
-    jobs at once took 0.6-0.7x the time of two-thread jobs one after another on a 2-core CPU: README), as many
+    jobs at once finish sooner than two-thread jobs one after another: README, Performance), as many
     as the memory available holds at JOB_MEMORY each; one at a time where CUDA is present (the jobs would share
     one GPU)."""
     if torch.cuda.is_available():

@@ -293,7 +293,8 @@ def test_corrupt_images_can_be_skipped_and_counted(tmp_path, untouched, caplog):
 
 def test_images_too_small_for_the_encoder_are_refused_before_training(tmp_path, untouched):
     folder = untouched(bad_folders(tmp_path)["small"][0])
-    with pytest.raises(UserError, match="the encoder's PamiCNN gives 8 features for images of 8x8, not its 32"):
+    with pytest.raises(UserError, match="the encoder's PamiCNN gives 8 features for images of 8x8, not its 32: it "
+                                        "takes images of 18x18 to 33x33"):
         experiment.run(run_config("dataset=image_folder", f"dataset.path={folder}", "batch_size=4"),
                        tmp_path / "run", {}, [])
 

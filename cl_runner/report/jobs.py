@@ -19,7 +19,7 @@ METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_to
 SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear_top1"), ("standard", "knn_top1"),
            ("standard", "cosine_knn_top1")]
 HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
-# label-free figures (the random initialization's have no alignment: it needs the run's augmentation)
+# label-free scores (the random initialization's have no alignment: it needs the run's augmentation)
 DIAGNOSTICS = [("diagnostics", "rankme"), ("diagnostics", "uniformity"), ("diagnostics", "alignment")]
 NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN",
          "rankme": "RankMe"}
@@ -43,7 +43,7 @@ class Job:
         return self.status == "completed" and bool(self.metrics)
 
     def value(self, section: str, protocol: str, name: str) -> float | None:
-        """metrics[protocol][name] (section ""), or the same figure of `baseline` or `gain`."""
+        """metrics[protocol][name] (section ""), or the same score of `baseline` or `gain`."""
         source = self.metrics.get(section, {}) if section else self.metrics
         value = source.get(protocol, {}).get(name)
         return float(value) if isinstance(value, (int, float)) else None

@@ -22,8 +22,8 @@ def _cell(interval: Interval, signed: bool = False) -> str:
 
 def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """One row per scenario: mean ± half-width over its completed seeds for the summary metrics, the random
-    initialization's headline figures and the gain over it, and a note where training did not help. A sweep
-    without labels (no probe figures at all) shows the label-free diagnostics and the random initialization's."""
+    initialization's headline scores and the gain over it, and a note where training did not help. A sweep
+    without labels (no probe scores at all) shows the label-free diagnostics and the random initialization's."""
     columns = factor_columns(jobs)
     label_free = not any(values(jobs, "", p, m) for p, m in SUMMARY)
     shown, initial, gained = (DIAGNOSTICS, DIAGNOSTICS[:2], []) if label_free else (SUMMARY, HEADLINE, HEADLINE)
@@ -91,16 +91,16 @@ def csv_table(header: list[str], rows: list[list[str]]) -> str:
 
 # the diagnostics of the trained encoder and of its random initialization, in the CSV files
 LABEL_FREE = [("", p, m) for p, m in DIAGNOSTICS] + [("baseline", p, m) for p, m in DIAGNOSTICS[:2]]
+SCORES = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE  # the long tables' columns
 
 
 def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """The long table: one row per job with its seed, every metric, the random initialization's and the gain."""
     columns = factor_columns(jobs)
-    figures = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE
-    header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in figures), "train_s", "status"]
+    header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in SCORES), "train_s", "status"]
     rows = []
     for job in jobs:
-        numbers = [job.value(*f) for f in figures]
+        numbers = [job.value(*f) for f in SCORES]
         train_s = job.metrics.get("train", {}).get("seconds")
         rows.append([job.folder.name, *(job.factors.get(c, "") for c in columns),
                      "" if job.seed is None else str(job.seed), *("" if v is None else f"{v:.4f}" for v in numbers),
@@ -111,16 +111,15 @@ def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
 def interval_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """Per scenario and metric (trained, baseline, gain): mean, low, high and n, for further analysis."""
     columns = factor_columns(jobs)
-    figures = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE
     header = [*columns]
-    for figure in figures:
-        name = ".".join(filter(None, figure))
+    for score in SCORES:
+        name = ".".join(filter(None, score))
         header += [f"{name}.mean", f"{name}.low", f"{name}.high", f"{name}.n"]
     rows = []
     for group in scenarios(jobs).values():
         row = [group[0].factors.get(c, "") for c in columns]
-        for figure in figures:
-            interval = mean_interval(values(group, *figure))
+        for score in SCORES:
+            interval = mean_interval(values(group, *score))
             row += ["" if math.isnan(v) else f"{v:.4f}" for v in (interval.mean, interval.low, interval.high)]
             row.append(str(interval.n))
         rows.append(row)
@@ -132,7 +131,7 @@ Table = tuple[list[str], list[list[str]]]  # header, rows
 
 def comparisons_csv(comparisons: dict[str, Table]) -> Table:
     """All factors' comparison tables in one table: each factor's context columns by name (they differ from factor
-    to factor), then the difference and the figures, which every table shares."""
+    to factor), then the difference and the scores, which every table shares."""
     contexts = {f: header[:header.index("difference")] for f, (header, _) in comparisons.items()}
     context_columns = list(dict.fromkeys(c for columns in contexts.values() for c in columns))
     tail = next(iter(comparisons.values()))[0][len(next(iter(contexts.values()))):]

@@ -19,6 +19,7 @@ from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import LR_SCALING
+from cl_runner.probes import SOLVERS
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -54,6 +55,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("eval.features", lambda v: v in ("backbone", "projector"), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
+    ("eval.solver", lambda v: v in SOLVERS, f"one of {', '.join(SOLVERS)}"),
     ("eval.baseline", lambda v: isinstance(v, bool), "true or false"),
     ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("eval.cosine_knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

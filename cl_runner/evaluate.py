@@ -13,12 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from omegaconf import DictConfig
 from torch import nn
 
@@ -26,6 +21,7 @@ from cl_runner import distributed, randomness
 from cl_runner.data.augment import normalize, to_unit
 from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.distributed import World
+from cl_runner.probes import Probes
 
 PROTOCOLS = ("paper", "standard")
 
@@ -47,52 +43,6 @@ def embed(encoder: nn.Module, images: torch.Tensor, features: str = "backbone", 
               for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(chunks).numpy()
-
-
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int) -> dict:
-    """Multinomial logistic regression on standardized frozen features (the encoder is not touched).
-    Returns top-1 and top-3 accuracy and the confusion matrix (rows: true class, columns: predicted)."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(train_x, train_y)
-    classes = np.arange(num_classes)
-    scores = _full_scores(probe.predict_proba(test_x), probe.classes_, num_classes)
-    return {
-        "linear_top1": float(top_k_accuracy_score(test_y, scores, k=1, labels=classes)),
-        "linear_top3": float(top_k_accuracy_score(test_y, scores, k=3, labels=classes)),
-        "confusion_matrix": confusion_matrix(test_y, scores.argmax(1), labels=classes).tolist(),
-    }
-
-
-def _full_scores(proba: np.ndarray, fitted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class scores [N, num_classes], zero for classes absent from the probe's training labels."""
-    scores = np.zeros((len(proba), num_classes))
-    scores[:, fitted] = proba
-    return scores
-
-
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 k: int = 5) -> float:
-    """Plain k-nearest-neighbour accuracy, Euclidean distance, majority vote (scikit-learn)."""
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)))
-    return float((knn.fit(train_x, train_y).predict(test_x) == test_y).mean())
-
-
-def weighted_cosine_knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                                 test_y: np.ndarray, num_classes: int, k: int = 200, temperature: float = 0.07,
-                                 chunk: int = 1024) -> float:
-    """kNN on cosine similarity with votes weighted by exp(similarity / T) (Wu et al. 2018, InstDisc)."""
-    bank = F.normalize(torch.from_numpy(train_x), dim=1)
-    bank_labels = torch.from_numpy(train_y).long()
-    k = min(k, len(bank))
-    correct = 0
-    for i in range(0, len(test_x), chunk):
-        queries = F.normalize(torch.from_numpy(test_x[i:i + chunk]), dim=1)
-        similarity, neighbours = (queries @ bank.T).topk(k, dim=1)  # both: queries x k
-        votes = torch.zeros(len(queries), num_classes)
-        votes.scatter_add_(1, bank_labels[neighbours], torch.exp(similarity / temperature))
-        correct += int((votes.argmax(1) == torch.from_numpy(test_y[i:i + chunk])).sum())
-    return correct / len(test_x)
 
 
 def is_collapsed(x: np.ndarray) -> bool:
@@ -130,24 +80,22 @@ def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
 
 
 def paper_protocol(test_x: np.ndarray, test_y: np.ndarray, num_classes: int, *, seed: int,
-                   test_fraction: float = 0.2, knn_k: int = 5) -> dict:
+                   test_fraction: float = 0.2, probes: Probes = Probes()) -> dict:
     """The study's protocol: split the test embeddings (stratified, seeded), fit on one part, score the other."""
     fit_x, held_x, fit_y, held_y = train_test_split(test_x, test_y, test_size=test_fraction, stratify=test_y,
                                                     random_state=seed)
-    result = linear_probe(fit_x, fit_y, held_x, held_y, num_classes)
-    result["knn_top1"] = knn_accuracy(fit_x, fit_y, held_x, held_y, knn_k)
+    result = probes.linear(fit_x, fit_y, held_x, held_y, num_classes)
+    result["knn_top1"] = probes.knn(fit_x, fit_y, held_x, held_y, num_classes)
     result["scored_images"] = len(held_y)
     return result
 
 
 def standard_protocol(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                      num_classes: int, *, knn_k: int = 5, cosine_knn_k: int = 200,
-                      cosine_knn_temperature: float = 0.07) -> dict:
+                      num_classes: int, probes: Probes = Probes()) -> dict:
     """The field's protocol: fit on the training set's embeddings, score on the whole test set."""
-    result = linear_probe(train_x, train_y, test_x, test_y, num_classes)
-    result["knn_top1"] = knn_accuracy(train_x, train_y, test_x, test_y, knn_k)
-    result["cosine_knn_top1"] = weighted_cosine_knn_accuracy(train_x, train_y, test_x, test_y, num_classes,
-                                                             cosine_knn_k, cosine_knn_temperature)
+    result = probes.linear(train_x, train_y, test_x, test_y, num_classes)
+    result["knn_top1"] = probes.knn(train_x, train_y, test_x, test_y, num_classes)
+    result["cosine_knn_top1"] = probes.cosine_knn(train_x, train_y, test_x, test_y, num_classes)
     result["scored_images"] = len(test_y)
     return result
 
@@ -221,38 +169,40 @@ def alignment_views(augment: Callable, test: ImageSet, seed: int, device: torch.
     return augment(images, generator).mul(255).round_().to(torch.uint8)
 
 
-def evaluate_trained(settings: DictConfig, data: Splits, embedded: Embeddings, seed: int) -> dict:
+def evaluate_trained(settings: DictConfig, data: Splits, embedded: Embeddings, seed: int, device: torch.device
+                     ) -> dict:
     """The trained encoder's scores, confusion matrices and diagnostics, alignment included."""
-    metrics = evaluate_embeddings(settings, data, embedded.test, embedded.probe, seed)
+    metrics = evaluate_embeddings(settings, data, embedded.test, embedded.probe, seed, device)
     metrics["diagnostics"]["alignment"] = alignment(embedded.test[:len(embedded.views)], embedded.views)
     return metrics
 
 
-def add_baseline(metrics: dict, settings: DictConfig, data: Splits, embedded: Embeddings, seed: int) -> None:
+def add_baseline(metrics: dict, settings: DictConfig, data: Splits, embedded: Embeddings, seed: int,
+                 device: torch.device) -> None:
     """The initial encoder's scores and diagnostics (`baseline`) and the trained encoder's gain over them (`gain`),
     into `metrics`; an untrained run (no initial embeddings) is its own baseline."""
     initial = metrics if embedded.initial_test is None else evaluate_embeddings(
-        settings, data, embedded.initial_test, embedded.initial_probe, seed)
+        settings, data, embedded.initial_test, embedded.initial_probe, seed, device)
     metrics["baseline"] = scores_only(initial)
     metrics["gain"] = gains(metrics, metrics["baseline"])
 
 
 def evaluate_embeddings(settings: DictConfig, data: Splits, test_x: np.ndarray, probe_x: np.ndarray | None,
-                        seed: int) -> dict:
+                        seed: int, device: torch.device) -> dict:
     """Both protocols (as configured in `settings`) and the diagnostics, on the frozen encoder's embeddings of
-    clean images: `test_x` the test set's, `probe_x` the probe set's (standard protocol). Unlabelled test images
-    get the (label-free) diagnostics only."""
+    clean images: `test_x` the test set's, `probe_x` the probe set's (standard protocol), the probes fitted on
+    `device` (torch's solvers). Unlabelled test images get the (label-free) diagnostics only."""
     metrics: dict = {"features": settings.features, "diagnostics": diagnostics(test_x)}
     if not data.test.labelled:  # load_data has said why
         return metrics
     num_classes, test_y = len(data.test.classes), data.test.labels.cpu().numpy()
+    probes = Probes(settings.solver, device, settings.knn_k, settings.cosine_knn_k, settings.cosine_knn_temperature)
     if "paper" in settings.protocols:
         metrics["paper"] = paper_protocol(test_x, test_y, num_classes, seed=randomness.evaluation_seed(seed),
-                                          test_fraction=settings.paper_test_fraction, knn_k=settings.knn_k)
+                                          test_fraction=settings.paper_test_fraction, probes=probes)
     if "standard" in settings.protocols:
-        metrics["standard"] = standard_protocol(
-            probe_x, data.probe.labels.cpu().numpy(), test_x, test_y, num_classes, knn_k=settings.knn_k,
-            cosine_knn_k=settings.cosine_knn_k, cosine_knn_temperature=settings.cosine_knn_temperature)
+        metrics["standard"] = standard_protocol(probe_x, data.probe.labels.cpu().numpy(), test_x, test_y,
+                                                num_classes, probes)
     return metrics
 
 

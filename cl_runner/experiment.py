@@ -112,11 +112,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
         with clock("eval_s"):
-            metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed)
+            metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
         stop_if_signalled()
         if cfg.eval.baseline:
             with clock("baseline_s"):
-                evaluate.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed)
+                evaluate.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed, compute.device)
             stop_if_signalled()
         metrics.update(run_record(cfg, choices, record, clock.seconds, compute))
         metrics["classes"] = data.test.classes  # for the report's figures (empty: unlabelled)

@@ -113,17 +113,29 @@ def available_cores() -> int:
 
 
 JOB_MEMORY = 4 * 2**30  # bytes a local sweep job is allowed for (the embedded default's jobs peaked at 1.2 GB)
+GPU_JOB_MEMORY = 4 * 2**30  # bytes of GPU memory a job is allowed for: its CUDA context, data set and batches
+
+
+def sweep_jobs(cores: int, host_memory: int | None, gpu_memory: int | None) -> int:
+    """How many jobs of a sweep to run at once on one machine: one per core (each job drives its work from one;
+    on a CPU-only machine two one-thread jobs at once finish sooner than two-thread jobs one after another:
+    README, Performance), as many as the host memory available holds at JOB_MEMORY each and, with a GPU
+    (`gpu_memory` its bytes; None: no GPU), as many as it holds at GPU_JOB_MEMORY each: the jobs then share the
+    GPU, which one small job alone leaves mostly idle (bench/results/nvidia-h200). Unknown memory sets no limit."""
+    limits = [cores]
+    limits += [memory // allowance for memory, allowance in ((host_memory, JOB_MEMORY), (gpu_memory, GPU_JOB_MEMORY))
+               if memory is not None]
+    return max(1, min(limits))
 
 
 def local_sweep_jobs() -> int:
-    """How many jobs of a sweep the local launcher runs at once: one per core on a CPU-only machine (two one-thread
-    jobs at once finish sooner than two-thread jobs one after another: README, Performance), as many
-    as the memory available holds at JOB_MEMORY each; one at a time where CUDA is present (the jobs would share
-    one GPU)."""
-    if torch.cuda.is_available():
-        return 1
-    memory = host_memory_available()
-    return max(1, min(available_cores(), memory // JOB_MEMORY if memory is not None else available_cores()))
+    """`sweep_jobs` for this machine and its first GPU (Hydra's joblib launcher: `${local_sweep_jobs:}`)."""
+    return sweep_jobs(available_cores(), host_memory_available(), gpu_memory())
+
+
+def gpu_memory() -> int | None:
+    """Bytes of memory of the first visible GPU, or None without CUDA."""
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 def runs_in_worker(launcher: DictConfig) -> bool:

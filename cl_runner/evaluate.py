@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from omegaconf import DictConfig
 from torch import nn
 
@@ -82,6 +81,8 @@ def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
 def paper_protocol(test_x: np.ndarray, test_y: np.ndarray, num_classes: int, *, seed: int,
                    test_fraction: float = 0.2, probes: Probes = Probes()) -> dict:
     """The study's protocol: split the test embeddings (stratified, seeded), fit on one part, score the other."""
+    from sklearn.model_selection import train_test_split
+
     fit_x, held_x, fit_y, held_y = train_test_split(test_x, test_y, test_size=test_fraction, stratify=test_y,
                                                     random_state=seed)
     result = probes.linear(fit_x, fit_y, held_x, held_y, num_classes)

@@ -6,20 +6,19 @@ import csv
 import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from torch.utils.tensorboard.summary import hparams  # noqa: E402
+from cl_runner import atomic, evaluate, randomness
+from cl_runner.data.datasets import ImageSet
 
-from cl_runner import atomic, evaluate, randomness  # noqa: E402
-from cl_runner.data.datasets import ImageSet  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 log = logging.getLogger(__name__)
 TSNE_COLUMNS = ("x", "y", "label", "index")
@@ -67,10 +66,21 @@ def final_outputs(run_dir: Path, metrics: dict, protocol: str, classes: list[str
     save_weights(encoder, run_dir / "encoder.pt")
 
 
+def pyplot():
+    """matplotlib's pyplot on its file-only backend (Agg), imported when the first figure is drawn rather than when
+    a run starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic.write_bytes(path, buffer.getvalue())
 
 
@@ -92,6 +102,8 @@ def log_hparams(writer: SummaryWriter, hyperparameters: dict, scores: dict[str, 
 def tsne(embeddings: np.ndarray, seed: int, perplexity: float = 30.0) -> np.ndarray:
     """2-d t-SNE (van der Maaten & Hinton 2008) coordinates of `embeddings`, PCA-initialized and seeded."""
     perplexity = min(perplexity, (len(embeddings) - 1) / 3)  # scikit-learn needs perplexity < n
+    from sklearn.manifold import TSNE
+
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
 
 
@@ -113,7 +125,7 @@ def read_tsne_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_tsne(ax: plt.Axes, coords: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
     """One colour per class; unlabelled points (label -1, no classes) in one grey."""
-    cmap = plt.get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     if not classes:
         ax.scatter(coords[:, 0], coords[:, 1], s=4, color="0.35", alpha=0.8)
     for c, name in enumerate(classes):
@@ -125,7 +137,7 @@ def plot_tsne(ax: plt.Axes, coords: np.ndarray, labels: np.ndarray, classes: lis
 
 
 def save_tsne_png(path: Path, coords: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 5.5))
     plot_tsne(ax, coords, labels, classes, title)
     if classes:
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
@@ -134,7 +146,7 @@ def save_tsne_png(path: Path, coords: np.ndarray, labels: np.ndarray, classes: l
 
 def save_confusion_png(path: Path, matrix: list[list[int]], classes: list[str], title: str) -> None:
     matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 5.5))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ticks = np.arange(len(classes))

@@ -3,7 +3,6 @@ projection head; training uses the head's output, evaluation the backbone's feat
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from cl_runner.errors import ConfigError
@@ -42,6 +41,8 @@ class ResNet18(nn.Module):
     image_sizes = "images of any size (global average pooling)"
 
     def __init__(self, in_channels: int = 3):
+        import torchvision  # here, where ResNet-18 is chosen: importing it slows every other run's start
+
         super().__init__()
         net = torchvision.models.resnet18()
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

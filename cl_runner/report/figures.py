@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from cl_runner import export
@@ -22,7 +21,7 @@ def save_results_png(path: Path, jobs: list[Job]) -> bool:
     datasets = list(dict.fromkeys(j.factors.get("dataset", "") for j in done))
     columns = [c for c in factor_columns(done) if c != "dataset"]
     height = max(len(scenarios([j for j in done if j.factors.get("dataset", "") == d])) for d in datasets)
-    fig, axes = plt.subplots(len(datasets), len(HEADLINE), squeeze=False,
+    fig, axes = export.pyplot().subplots(len(datasets), len(HEADLINE), squeeze=False,
                              figsize=(5.2 * len(HEADLINE), 0.45 + len(datasets) * (0.42 * height + 0.9)))
     for row, dataset in enumerate(datasets):
         groups = list(scenarios([j for j in done if j.factors.get("dataset", "") == dataset]).values())
@@ -62,7 +61,7 @@ def save_tsne_grid(path: Path, jobs: list[Job]) -> bool:
         return False
     cols = min(len(panels), 3 if len(panels) % 3 == 0 else 4)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = export.pyplot().subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, job in zip(axes.flat, panels):

@@ -1,38 +1,29 @@
 #!/usr/bin/env bash
-# The GPU checks a session runs when its task is lent a GPU (the device tool), as one script under time limits;
-# every result lands as one of 7 flat files in $OUT (default ./gpu-check-out; the device returns at most 8).
-# Prepare here, where PyPI is reachable:
-#   ../shared/tools/pack-data                  # data + hydra wheels into .device-data/ (three parts)
-#   python3 -m pip wheel -q --no-deps -w .device-data/wheels hydra-joblib-launcher hydra-submitit-launcher \
-#       submitit cloudpickle                   # the launcher plugins cl-run's config names
-# then, on the device: three `run` calls (part-00; part-01; part-02 + wheels with `bash scripts/gpu_check.sh`).
-# On a CPU, `GPU_CHECK_TINY=1 bash scripts/gpu_check.sh` runs the same steps in about a minute (device=cpu, tiny runs).
+# The GPU checks a session runs when its task is lent a GPU (the device tool), as one script under time limits
+# (about 5 minutes on an H200); every result lands as one of 8 flat files in $OUT (default ./gpu-check-out; the
+# device returns at most 8). Prepare here, where PyPI is reachable: ../shared/tools/pack-data (data and wheels in
+# .device-data/p1..p3). On the device, from the checkout's root, once the parts have arrived:
+#   bash /tmp/cl-bin/device-stage && source /tmp/cl-env.sh && bash scripts/gpu_check.sh
+# (device-stage unpacks the data and gives cl-run without a pip install). On a CPU,
+# `GPU_CHECK_TINY=1 bash scripts/gpu_check.sh` runs the same steps in a few minutes (device=cpu, tiny runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 TINY=${GPU_CHECK_TINY:-0}
 if [ "$TINY" = 1 ]; then
-  DEVICE=cpu; STEPS=2
+  DEVICE=cpu; STEPS=2; GRID_LIMIT=600; R18_LIMIT=120; STARTUP=(--repeats 1); PROBES=(--repeats 1)
   GRID=(epochs=1 batch_size=256 dataset.train_subset=512 dataset.test_subset=200 eval.tsne_points=50)
   R18=(epochs=1 dataset.train_subset=256 dataset.test_subset=100 batch_size=64 eval.tsne_points=0)
-  R18_LIMIT=120
 else
-  DEVICE=cuda; STEPS=20; GRID=(); R18=(); R18_LIMIT=${GPU_CHECK_R18_SECONDS:-180}
+  DEVICE=cuda; STEPS=20; GRID=(); R18=(); GRID_LIMIT=240; R18_LIMIT=${GPU_CHECK_R18_SECONDS:-60}
+  STARTUP=(--repeats 2); PROBES=(--repeats 3 dataset=mnist)
 fi
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/steps.txt"; }
 
 log "machine"
 { nvidia-smi -L 2>&1 || true; echo "cores $(nproc)"; python3 -c "import torch; print('torch', torch.__version__,
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } >> "$OUT/steps.txt" 2>&1
-
-if [ -d .device-data ] && [ ! -d .device-data/unpacked ]; then
-  log "unpack data and install"
-  mkdir -p .device-data/unpacked && cat .device-data/part-* | xz -d | tar -x -C .device-data/unpacked
-  python3 -m pip install -q --no-index --no-deps .device-data/wheels/*.whl >> "$OUT/steps.txt" 2>&1
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$OUT/steps.txt" 2>&1
-fi
-[ -d .device-data/unpacked ] && export CL_DATA_ROOT=$PWD/.device-data/unpacked
 export CL_DATA_ROOT=${CL_DATA_ROOT:-../shared/data}
 
 log "host syncs in one training step"
@@ -88,10 +79,40 @@ timeout 180 python3 scripts/bench_pipeline.py --device "$DEVICE" --dataset cifar
   --batch-size 1024 --steps "$STEPS" > "$OUT/bench_pipeline.txt" 2>&1
 log "bench_pipeline exit $?"
 
-log "paper_grid"
-{ time timeout 300 cl-run -m experiment=paper_grid "device=$DEVICE" "${GRID[@]}" \
+log "time to the first step, and the probes: torch vs scikit-learn"
+{ timeout 150 python3 scripts/bench_startup.py "${STARTUP[@]}" -- "device=$DEVICE"
+  timeout 120 python3 scripts/bench_probes.py "${PROBES[@]}" "device=$DEVICE"; } > "$OUT/startup_probes.txt" 2>&1
+log "startup and probes exit $?"
+
+log "paper_grid with the default launcher, GPU utilization sampled every second"
+SAMPLER=
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu_util.csv" 2>&1 &
+  SAMPLER=$!
+fi
+{ time timeout "$GRID_LIMIT" cl-run -m experiment=paper_grid "device=$DEVICE" "${GRID[@]}" \
     hydra.sweep.dir="$OUT/.grid" ; } > "$OUT/paper_grid.txt" 2>&1
 log "paper_grid exit $?"
+[ -n "$SAMPLER" ] && kill "$SAMPLER"
+python3 - "$OUT/.grid" >> "$OUT/paper_grid.txt" 2>&1 <<'EOF'
+"""Each job's phases (metrics.json `timing`), and the mean GPU utilization over the grid."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+jobs = sorted(Path(sys.argv[1]).glob("*/metrics.json"))
+print(f"\n{len(jobs)} jobs completed; seconds per phase:")
+keys = ["data_s", "train_s", "embed_s", "eval_s", "baseline_s", "tsne_s", "export_s", "total_s"]
+print("job".ljust(48) + "".join(k.rjust(11) for k in keys))
+for path in jobs:
+    timing = json.loads(path.read_text())["timing"]
+    print(path.parent.name[:47].ljust(48) + "".join(f"{timing.get(k, float('nan')):11.2f}" for k in keys))
+util = Path(sys.argv[1]).parent / "gpu_util.csv"
+if util.exists():
+    values = [float(r[1].split()[0]) for r in csv.reader(util.open()) if len(r) > 1 and r[1].strip()[:1].isdigit()]
+    print(f"GPU utilization over the grid: mean {sum(values) / max(len(values), 1):.1f}% ({len(values)} samples)")
+EOF
 cp "$OUT/.grid/results.md" "$OUT/paper_grid_results.md" 2>/dev/null
 
 log "SimCLR ResNet-18 on CIFAR-10, as many epochs as $R18_LIMIT s allow"
@@ -99,6 +120,6 @@ log "SimCLR ResNet-18 on CIFAR-10, as many epochs as $R18_LIMIT s allow"
     checkpoint_every=1 hydra.run.dir="$OUT/.simclr" ; } > "$OUT/simclr_r18.txt" 2>&1
 log "simclr_r18 exit $? (124: stopped by the time limit after writing its checkpoint)"
 grep -h "epoch .*tuples/s\|done in" "$OUT/.simclr/cl_run.log" >> "$OUT/simclr_r18.txt" 2>/dev/null
-cp "$OUT/.simclr/metrics.json" "$OUT/simclr_r18_metrics.json" 2>/dev/null
+cat "$OUT/.simclr/metrics.json" >> "$OUT/simclr_r18.txt" 2>/dev/null
 rm -rf "$OUT/.grid" "$OUT/.simclr"  # only flat files come back
 log "done"

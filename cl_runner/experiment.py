@@ -51,7 +51,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     choices = distributed.broadcast(choices, world)
     try:
         with SignalStop(parent) as stop_signal:
-            metrics = train_and_evaluate(cfg, run_dir, choices, overrides, compute, stop_signal, world)
+            metrics = train_and_evaluate(cfg, run_dir, choices, overrides, compute, stop_signal, world,
+                                         progress_bar=parent is None)
     except Interrupted as stop:
         if world.is_main:
             run_folder.record_interruption(run_dir, stop.signum)
@@ -71,7 +72,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
-                       compute: Compute, stop_signal: Callable[[], int | None], world: World = World()) -> dict:
+                       compute: Compute, stop_signal: Callable[[], int | None], world: World = World(),
+                       progress_bar: bool = True) -> dict:
     """The run's work in its folder: data, pretraining (from the checkpoint on resume), evaluation, t-SNE,
     figures and weights; metrics.json as soon as the scores exist, and again with the whole timing at the end.
     Processes other than rank 0 of a distributed run stop after pretraining (returning {})."""
@@ -97,7 +99,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if world.is_main else nullcontext()
     with writing as writer:
         record = pretrain(parts, state, LoopSettings(cfg.epochs, cfg.batch_size, compute, cfg.log_every,
-                                                     cfg.checkpoint_every, world), writer, stop_signal)
+                                                     cfg.checkpoint_every, world, progress_bar), writer, stop_signal)
         clock.seconds["train_s"] = record.seconds
         with clock("embed_s"):
             initial = initial_encoder(cfg, data.train.images.shape[1], compute.device) \

@@ -31,7 +31,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _alive(pid) -> bool:
+def alive(pid) -> bool:
     if not isinstance(pid, int) or pid == os.getpid():
         return False
     try:
@@ -72,7 +72,7 @@ def take_over(run_dir: Path) -> dict:
     status = read_status(run_dir) or {}
     if status.get("status") == "completed":
         raise AlreadyFinished(f"run {run_dir} already finished; nothing to resume")
-    if status.get("status") == "running" and _alive(status.get("pid")):
+    if status.get("status") == "running" and alive(status.get("pid")):
         raise UserError(f"resume={run_dir}: that run is still running (pid {status['pid']})")
     if not (run_dir / CHECKPOINT_FILE).exists():
         raise UserError(f"resume={run_dir}: that folder holds no {CHECKPOINT_FILE} to continue from")
@@ -94,7 +94,7 @@ def sweep_job_action(run_dir: Path, config: DictConfig) -> str:
     if differing:
         raise OthersFolder(f"{run_dir} holds a run of another config ({', '.join(differing[:3])}"
                            f"{', ...' if len(differing) > 3 else ''}); give this sweep another hydra.sweep.dir")
-    if status.get("status") == "running" and _alive(status.get("pid")):
+    if status.get("status") == "running" and alive(status.get("pid")):
         raise OthersFolder(f"{run_dir} is being run by another process (pid {status['pid']})")
     if status.get("status") == "completed" and (run_dir / "metrics.json").is_file():
         return "done"

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class LoopSettings:
     """How pretraining runs. compute: device, precision and memory format; log_every: steps between logged points
     (and, on a GPU, NaN checks); world: the processes of a distributed run, each training on its share of every
-    global batch of `batch_size` tuples."""
+    global batch of `batch_size` tuples; progress_bar: off for a sweep's jobs in worker processes (the sweep draws
+    one view of them all)."""
 
     epochs: int
     batch_size: int
@@ -37,6 +38,7 @@ class LoopSettings:
     log_every: int = 10
     checkpoint_every: int = 1
     world: World = World()
+    progress_bar: bool = True
 
 
 class Diverged(UserError):
@@ -96,7 +98,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
     encoder.train()
     loss_fn.train()
     bar = tqdm(total=total_steps, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
-               unit="step", dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
+               unit="step", dynamic_ncols=True, mininterval=1.0, disable=not (world.is_main and settings.progress_bar))
     start = time.perf_counter() - record.seconds
     try:
         while state.epoch < epochs:

@@ -1,4 +1,6 @@
-"""End to end: `cl-run` on the embedded data set, a two-job multirun, and every user mistake's message."""
+"""End to end: `cl-run` on the embedded data set, a two-job multirun, and every user mistake's message. They run
+`cl-run`'s own function in this process (run_main); the tests marked slow start real processes where a process is
+the point: the installed console script, a typed command's exit code, runs in two processes."""
 import json
 import re
 import sys
@@ -9,8 +11,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cl_runner import report
 from cl_runner.models import Encoder, PamiCNN
-from conftest import run_main, REPO, TINY, run_cli
+from conftest import REPO, TINY, main_here, run_cli, run_main
 
 PROMISED_FILES = ["config.yaml", "overrides.yaml", "metrics.json", "status.json", "confusion_matrix.png",
                   "tsne.csv", "tsne.png", "encoder.pt", "cl_run.log"]
@@ -25,8 +28,7 @@ def only_run_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("run")
-    result = run_cli([*TINY, "aug=simclr", "loss=cosine_embedding"], cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main_here([*TINY, "aug=simclr", "loss=cosine_embedding"], cwd) == 0  # its traceback: in the output
     return only_run_dir(cwd)
 
 
@@ -97,6 +99,7 @@ def test_saved_weights_load_into_the_encoder(digits_run):
     encoder.load_state_dict(torch.load(digits_run / "encoder.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     script = Path(sys.executable).with_name("cl-run")
     if not script.exists():
@@ -107,20 +110,23 @@ def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     assert result.returncode == 0 and "dataset: cifar10, digits, image_folder, mnist, mnist_sample" in result.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_on_cpu(tmp_path):
-    metrics = []
+    """Two processes (this one and a new one): the figures may hang on nothing that a process draws for itself
+    (its hash seed, its addresses)."""
+    metrics, args = [], [*TINY, "loss=triplet", "aug=guo", "eval.protocols=[paper]"]
     for name in ("a", "b"):
         cwd = tmp_path / name
         cwd.mkdir()
-        assert run_cli([*TINY, "loss=triplet", "aug=guo", "eval.protocols=[paper]"], cwd).returncode == 0
+        assert (main_here(args, cwd) if name == "a" else run_cli(args, cwd).returncode) == 0
         metrics.append(json.loads((only_run_dir(cwd) / "metrics.json").read_text()))
     assert metrics[0]["train"]["epoch_losses"] == metrics[1]["train"]["epoch_losses"]
     assert metrics[0]["paper"] == metrics[1]["paper"]
 
 
-def test_two_job_multirun_writes_the_report(tmp_path):
-    result = run_cli(["-m", *TINY, "loss=cosine_embedding,triplet", "hydra.sweep.dir=sweep"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_job_multirun_writes_the_report(tmp_path, capfd):
+    code, _, err = run_main(["-m", *TINY, "loss=cosine_embedding,triplet", "hydra.sweep.dir=sweep"], tmp_path, capfd)
+    assert code == 0, err[-3000:]
     sweep = tmp_path / "sweep"
     report = (sweep / "results.md").read_text()
     assert "One seed per scenario: no interval is possible" in report
@@ -138,18 +144,31 @@ def test_two_job_multirun_writes_the_report(tmp_path):
                     for loss in ("cosine_embedding", "triplet")]
 
 
-def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path):
-    sweep = run_cli(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path)
-    assert sweep.returncode == 0
+def cl_report(args: list[str], capfd) -> tuple[int, str, str]:
+    """`cl-report ARGS` in this process (cl_runner.report.main, the console script's function)."""
+    capfd.readouterr()
+    try:
+        report.main(args)
+        code = 0
+    except SystemExit as stop:
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path, capfd):
+    code, _, err = run_main(["-m", *TINY, "eval.protocols=[paper]", "aug=none,guo", "hydra.sweep.dir=s"], tmp_path,
+                            capfd)
+    assert code == 0, err[-3000:]
     (tmp_path / "s" / "results.md").unlink()
-    result = run_cli([str(tmp_path / "s"), "--compare", "aug"], tmp_path, module="cl_runner.report")
-    assert result.returncode == 0 and "| guo − none | 1 |" in result.stdout
+    code, out, _ = cl_report([str(tmp_path / "s"), "--compare", "aug"], capfd)
+    assert code == 0 and "| guo − none | 1 |" in out
     assert (tmp_path / "s" / "results.md").exists()
     assert (tmp_path / "s" / "results.csv").read_text().count(",completed") == 2
-    missing = run_cli([str(tmp_path / "nowhere")], tmp_path, module="cl_runner.report")
-    assert missing.returncode == 2 and "holds no cl-run job folders" in missing.stderr
-    unknown = run_cli([str(tmp_path / "s"), "--compare", "optimizer.lr"], tmp_path, module="cl_runner.report")
-    assert unknown.returncode == 2 and "--compare optimizer.lr: not a factor of this sweep" in unknown.stderr
+    code, _, err = cl_report([str(tmp_path / "nowhere")], capfd)
+    assert code == 2 and "holds no cl-run job folders" in err
+    code, _, err = cl_report([str(tmp_path / "s"), "--compare", "optimizer.lr"], capfd)
+    assert code == 2 and "--compare optimizer.lr: not a factor of this sweep" in err
 
 
 LOSSES = ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
@@ -196,14 +215,15 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message, monkeypatch, capfd):
-    code, out, err = run_main(args, tmp_path, monkeypatch, capfd)  # in this process: the same function
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message, capfd):
+    code, out, err = run_main(args, tmp_path, capfd, launcher=None)  # in this process: the same function
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("cl-run: error: ") and message in lines[0], err
     assert "Traceback" not in err + out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [BAD_INPUTS[2], BAD_INPUTS[-2]], ids=["typo", "unwritable folder"])
 def test_bad_input_from_the_console_script_too(tmp_path, args, message):
     result = run_cli(args, tmp_path)  # a new process, as a user types it
@@ -222,25 +242,25 @@ def test_a_full_or_read_only_disk_is_a_user_error_in_one_line():
     assert not is_user_error(ValueError("a bug"))
 
 
-def test_full_traceback_only_on_request(tmp_path):
-    result = run_cli(["epochs=abc"], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert result.returncode != 0 and "Traceback" in result.stderr
+def test_full_traceback_only_on_request(tmp_path, capfd):
+    code, _, err = run_main(["epochs=abc"], tmp_path, capfd, env={"HYDRA_FULL_ERROR": "1"})
+    assert code != 0 and "Traceback" in err
 
 
-def test_a_run_never_writes_into_another_runs_folder(digits_run, tmp_path):
+def test_a_run_never_writes_into_another_runs_folder(digits_run, tmp_path, capfd):
     before = {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file() and p.name != "cl_run.log"}
-    result = run_cli([f"hydra.run.dir={digits_run}", *TINY], tmp_path)
-    assert result.returncode == 2 and "already holds another run's results" in result.stderr
+    code, _, err = run_main([f"hydra.run.dir={digits_run}", *TINY], tmp_path, capfd)
+    assert code == 2 and "already holds another run's results" in err
     after = {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file() and p.name != "cl_run.log"}
     assert before == after
 
 
-def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path):
-    result = run_cli(["-m", *TINY, "eval.protocols=[paper]", "pairing=pair", "loss=cosine_embedding,triplet",
-                      "hydra.sweep.dir=s"], tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
+def test_a_sweep_with_an_impossible_job_finishes_the_others(tmp_path, capfd):
+    code, _, err = run_main(["-m", *TINY, "eval.protocols=[paper]", "pairing=pair", "loss=cosine_embedding,triplet",
+                             "hydra.sweep.dir=s"], tmp_path, capfd)
+    assert code == 2, err[-2000:]
     refused = r"^cl-run: error: job \S*loss=triplet\S*: loss=triplet cannot train on pairing=pair"
-    assert re.search(refused, result.stderr, re.MULTILINE), result.stderr[-2000:]
+    assert re.search(refused, err, re.MULTILINE), err[-2000:]
     assert "1 of 1 jobs not completed" in (tmp_path / "s" / "results.md").read_text()
     jobs = (tmp_path / "s" / "results.csv").read_text()
     assert ",completed" in jobs and ",failed" in jobs

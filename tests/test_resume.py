@@ -25,7 +25,7 @@ from cl_runner.interruption import Interrupted, SignalStop
 from cl_runner.parts import TrainingParts
 from cl_runner.runtime import make_grad_scaler
 from cl_runner.train import Diverged, LoopSettings, pretrain
-from conftest import DATA_ROOT, REPO, run_cli
+from conftest import DATA_ROOT, REPO, run_cli, run_main
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",
        "log_every=1", "optimizer=lars", "schedule=warmup_cosine",
@@ -60,6 +60,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     return json.loads((cwd / "run" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     process = start([*RUN, "hydra.run.dir=run"], tmp_path)
     wait_for(tmp_path / "run" / "checkpoint.pt", process)
@@ -72,6 +73,7 @@ def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_
     assert comparable(resumed) == comparable(uninterrupted)  # bit-identical on CPU: losses, probes, kNN
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
     process = start([*RUN, "hydra.run.dir=run"], tmp_path)
     wait_for(tmp_path / "run" / "checkpoint.pt", process)  # the first epoch is done: a signal now lands in a later
@@ -86,14 +88,15 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tm
     assert comparable(resumed) == comparable(uninterrupted)
 
 
-def test_resume_refuses_a_changed_config_and_says_when_a_run_is_finished(tmp_path, uninterrupted):
-    assert run_cli([*RUN, "epochs=1", "hydra.run.dir=run"], tmp_path).returncode == 0
-    changed = run_cli(["resume=run", "optimizer.lr=0.7", "aug=none"], tmp_path)
-    assert changed.returncode == 2 and "would change: optimizer.lr=0.7, aug=none" in changed.stderr
-    same = run_cli(["resume=run", "batch_size=128", "loss=triplet"], tmp_path)  # values the run already had
-    assert same.returncode == 0 and "already finished; nothing to resume" in same.stderr
-    missing = run_cli(["resume=nowhere"], tmp_path)
-    assert missing.returncode == 2 and "not a cl-run run folder" in missing.stderr
+def test_resume_refuses_a_changed_config_and_says_when_a_run_is_finished(tmp_path, capfd):
+    code, _, err = run_main([*RUN, "epochs=1", "hydra.run.dir=run"], tmp_path, capfd)
+    assert code == 0, err[-2000:]
+    code, _, err = run_main(["resume=run", "optimizer.lr=0.7", "aug=none"], tmp_path, capfd)
+    assert code == 2 and "would change: optimizer.lr=0.7, aug=none" in err
+    code, _, err = run_main(["resume=run", "batch_size=128", "loss=triplet"], tmp_path, capfd)  # the run's values
+    assert code == 0 and "already finished; nothing to resume" in err
+    code, _, err = run_main(["resume=nowhere"], tmp_path, capfd)
+    assert code == 2 and "not a cl-run run folder" in err
 
 
 class NaNAtStep(Loss):
@@ -174,8 +177,9 @@ def test_a_resumed_moco_run_continues_its_momentum_encoder_and_queue_exactly(tmp
             assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_a_signal_during_evaluation_ends_the_run_there_and_resume_redoes_the_evaluation(
-        tmp_path, uninterrupted, monkeypatch):
+        tmp_path, uninterrupted, monkeypatch, capfd):
     """SIGTERM while the probes run: the run finishes that phase, writes a checkpoint of the trained encoder
     and records `interrupted`; `resume=` then evaluates and exports exactly as an uninterrupted run."""
     evaluating = []
@@ -203,7 +207,7 @@ def test_a_signal_during_evaluation_ends_the_run_there_and_resume_redoes_the_eva
     assert status["status"] == "interrupted" and status["signal"] == signal.SIGTERM
     assert evaluating and not (run_dir / "metrics.json").exists()
     monkeypatch.undo()
-    result = run_cli(["resume=run"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, err = run_main(["resume=run"], tmp_path, capfd)
+    assert code == 0, err[-2000:]
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert comparable(resumed) == comparable(uninterrupted)

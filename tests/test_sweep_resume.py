@@ -1,5 +1,6 @@
 """A sweep run again in its folder: completed jobs are skipped untouched, interrupted ones resume from their
-checkpoint, failed ones run again, new values add jobs; a folder holding another config is refused."""
+checkpoint, failed ones run again, new values add jobs; a folder holding another config is refused. A sweep
+killed or stopped by a signal is a real process (marked slow); the others run `cl-run`'s own function here."""
 import csv
 import json
 import os
@@ -9,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, run_cli, run_main
 
 SWEEP = ["-m", "dataset=digits", "batch_size=32", "eval.tsne_points=0", "eval.protocols=[paper]", "log_every=5",
          "loss=cosine_embedding,triplet", "aug=none,guo"]
@@ -35,6 +37,7 @@ def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
             if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_run_again_skips_done_jobs_resumes_the_interrupted_one_and_runs_the_rest(tmp_path):
     args = [*SWEEP, "epochs=3", "hydra/launcher=basic", "hydra.sweep.dir=sweep"]  # one job after another
     assert run_cli([*args[:-1], "hydra.sweep.dir=reference"], tmp_path).returncode == 0
@@ -63,13 +66,13 @@ def test_a_killed_sweep_run_again_skips_done_jobs_resumes_the_interrupted_one_an
     assert "to resume or extend this sweep, run: cl-run -m" in log and "hydra.sweep.dir=sweep" in log
 
 
-def test_a_grown_sweep_runs_only_its_new_jobs(tmp_path):
-    first = run_cli([*SWEEP[:-1], "aug=none", "epochs=1", "hydra.sweep.dir=s"], tmp_path)
-    assert first.returncode == 0
+def test_a_grown_sweep_runs_only_its_new_jobs(tmp_path, capfd):
+    code, _, _ = run_main([*SWEEP[:-1], "aug=none", "epochs=1", "hydra.sweep.dir=s"], tmp_path, capfd)
+    assert code == 0
     before = {loss: files_of(job(tmp_path / "s", "none", loss, epochs=1)) for loss in ("cosine_embedding", "triplet")}
-    grown = run_cli([*SWEEP, "epochs=1", "seed=0,1", "hydra.sweep.dir=s"], tmp_path)
-    assert grown.returncode == 0, grown.stderr[-2000:]
-    log = grown.stdout + grown.stderr
+    code, out, err = run_main([*SWEEP, "epochs=1", "seed=0,1", "hydra.sweep.dir=s"], tmp_path, capfd)
+    assert code == 0, err[-2000:]
+    log = out + err
     assert log.count("its metrics reused") == 2 and log.count(": running") == 6
     for loss, files in before.items():
         assert files_of(job(tmp_path / "s", "none", loss, epochs=1)) == files
@@ -77,36 +80,37 @@ def test_a_grown_sweep_runs_only_its_new_jobs(tmp_path):
     assert len(rows) == 8 and {r["seed"] for r in rows} == {"0", "1"} and {r["status"] for r in rows} == {"completed"}
 
 
-def test_a_job_that_failed_before_its_first_checkpoint_runs_again(tmp_path):
+def test_a_job_that_failed_before_its_first_checkpoint_runs_again(tmp_path, capfd):
     args = [*SWEEP[:-2], "loss=triplet", "aug=none", "epochs=1", "hydra.sweep.dir=s"]
-    assert run_cli(args, tmp_path).returncode == 0
+    assert run_main(args, tmp_path, capfd)[0] == 0
     folder = job(tmp_path / "s", "none", "triplet", epochs=1)
     status = json.loads((folder / "status.json").read_text())
     (folder / "status.json").write_text(json.dumps({**status, "status": "failed", "error": "a crash"}))
     for name in ("metrics.json", "checkpoint.pt"):
         (folder / name).unlink()
-    again = run_cli(args, tmp_path)
-    assert again.returncode == 0 and "stopped earlier before its first checkpoint, running again" in again.stdout
+    code, out, _ = run_main(args, tmp_path, capfd)
+    assert code == 0 and "stopped earlier before its first checkpoint, running again" in out
     assert json.loads((folder / "status.json").read_text())["status"] == "completed"
     assert (folder / "metrics.json").is_file()
 
 
-def test_a_folder_holding_another_config_is_never_overwritten(tmp_path):
+def test_a_folder_holding_another_config_is_never_overwritten(tmp_path, capfd):
     args = [*SWEEP[:-2], "loss=triplet", "aug=none", "epochs=1", "hydra.sweep.dir=s"]
-    assert run_cli(args, tmp_path).returncode == 0
+    assert run_main(args, tmp_path, capfd)[0] == 0
     folder = job(tmp_path / "s", "none", "triplet", epochs=1)
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     saved["optimizer"]["lr"] = 0.5  # as if the experiment's YAML had changed since
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
     before = files_of(folder)
-    again = run_cli(args, tmp_path)
-    lines = [line for line in again.stderr.splitlines() if line.startswith("cl-run: error:")]
-    assert again.returncode == 2 and len(lines) == 1
+    code, _, err = run_main(args, tmp_path, capfd)
+    lines = [line for line in err.splitlines() if line.startswith("cl-run: error:")]
+    assert code == 2 and len(lines) == 1
     assert "holds a run of another config (optimizer.lr=0.5 there, 0.05 here); give this sweep another " \
            "hydra.sweep.dir" in lines[0]
     assert files_of(folder) == before
 
 
+@pytest.mark.slow
 def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_them(tmp_path):
     args = [*SWEEP[:-1], "aug=none", "epochs=4", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
     process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path,
@@ -131,6 +135,7 @@ def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_
     assert {r["status"] for r in table(tmp_path / "s")} == {"completed"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_jobs_in_one_line_and_the_rerun_resumes_them(tmp_path):
     args = [*SWEEP[:-1], "aug=none", "epochs=6", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
     process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, start_new_session=True,

@@ -1,6 +1,6 @@
-"""Sweeps through Hydra's launcher plugins, in real subprocesses: joblib's local parallel jobs and submitit's
-local executor (the same code path as SLURM), including a job interrupted by submitit's own warning signal,
-requeued, and resumed to the metrics of an uninterrupted run."""
+"""Sweeps through Hydra's launcher plugins, in real subprocesses (marked slow): joblib's local parallel jobs and
+submitit's local executor (the same code path as SLURM), including a job interrupted by submitit's own warning
+signal, requeued, and resumed to the metrics of an uninterrupted run."""
 import json
 import os
 import re
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import DATA_ROOT, run_cli
@@ -43,6 +44,7 @@ def test_the_default_launcher_runs_one_job_per_core_as_memory_allows_on_a_cpu_on
     assert runtime.local_sweep_jobs() == 16
 
 
+@pytest.mark.slow
 def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_sharing_the_cores(tmp_path):
     result = run_cli([*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -52,12 +54,14 @@ def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_sharing_the_cores(tm
     assert "| triplet − cosine_embedding |" in (tmp_path / "s" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_submitit_local_sweep_completes_with_its_report(tmp_path):
     result = run_cli([*SWEEP, "hydra/launcher=submitit_local", "hydra.sweep.dir=s"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(completed_jobs(tmp_path / "s")) == 2 and (tmp_path / "s" / "results.md").is_file()
 
 
+@pytest.mark.slow
 def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_metrics(tmp_path):
     args = ["-m", "hydra/launcher=submitit_local", "dataset=digits", "loss=triplet", "epochs=4", "batch_size=32",
             "eval.tsne_points=0", "eval.protocols=[paper]"]
@@ -84,6 +88,7 @@ def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_m
     assert resumed["train"]["epoch_losses"] == reference["train"]["epoch_losses"]
 
 
+@pytest.mark.slow
 def test_a_job_that_crashes_from_a_bug_is_recorded_failed_and_the_others_go_on(tmp_path):
     crashing = "loss._target_=cl_runner.losses.TripletMarginLoss,crashing_loss.CrashingLoss"
     result = run_cli(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0", "loss=triplet",

@@ -1,4 +1,6 @@
-"""A multirun over every option of every config group, found by glob (no hand-kept list), with tiny settings."""
+"""A multirun over every option of every config group, found by glob (no hand-kept list), with tiny settings.
+The sweeps run one job after another in this process (`cl-run`'s own function, Hydra's basic launcher); they take
+minutes, so they are marked slow, and the composed configs are checked in the fast tier."""
 import json
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_main
 
 CONF = REPO / "conf"
 SMOKE = ["epochs=1", "batch_size=32", "dataset.train_subset=96", "dataset.test_subset=200", "eval.tsne_points=40",
@@ -25,16 +27,18 @@ def scenarios(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text())["scenario"] for p in sorted(sweep.glob("*/metrics.json"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", SWEPT_GROUPS)
-def test_every_option_of_the_group_runs(group, tmp_path, data_root):
+def test_every_option_of_the_group_runs(group, tmp_path, data_root, capfd):
     folder_free = [o for o in options(group) if (group, o) != ("dataset", "image_folder")]
-    result = run_cli(["-m", f"{group}={','.join(folder_free)}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = run_main(["-m", f"{group}={','.join(folder_free)}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path,
+                            capfd)
+    assert code == 0, err[-3000:]
     if group == "dataset":  # a folder of one's own needs its path: the same sweep, grown by that job
         folder = image_folder(tmp_path / "images")
-        result = run_cli(["-m", "dataset=image_folder", f"dataset.path={folder}", *SMOKE, "hydra.sweep.dir=sweep"],
-                         tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        code, _, err = run_main(["-m", "dataset=image_folder", f"dataset.path={folder}", *SMOKE,
+                                 "hydra.sweep.dir=sweep"], tmp_path, capfd)
+        assert code == 0, err[-3000:]
     ran = scenarios(tmp_path / "sweep")
     assert sorted(s[group] for s in ran) == options(group)
     assert (tmp_path / "sweep" / "results.md").exists()
@@ -74,10 +78,11 @@ def test_an_experiment_s_own_values_win_over_the_defaults(experiment):
     assert leaves(own) and leaves(own).items() <= leaves(composed).items()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_runs(experiment, tmp_path, data_root):
-    result = run_cli(["-m", f"experiment={experiment}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_every_experiment_runs(experiment, tmp_path, data_root, capfd):
+    code, _, err = run_main(["-m", f"experiment={experiment}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path, capfd)
+    assert code == 0, err[-3000:]
     ran = scenarios(tmp_path / "sweep")
     assert ran and all(s["experiment"] == experiment for s in ran)
     if experiment == "paper_grid":  # the study's 12 scenarios

@@ -1,6 +1,7 @@
 """One run over two processes through torchrun (gloo on this CPU), as a user starts it: one run folder with every
 promised file, the same folder whatever each process's clock, a stop on SIGTERM at one step with one checkpoint
-that resumes to the uninterrupted run's figures, and a killed process ending the run with one clear line."""
+that resumes to the uninterrupted run's figures, and a killed process ending the run with one clear line. These
+start torchrun's processes and are marked slow; what one process decides alone is checked in this one."""
 import json
 import math
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, run_cli, run_main
 from test_resume import comparable, wait_for
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cl_runner"]
@@ -44,6 +45,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
     return folders[0], json.loads((folders[0] / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_two_process_run_writes_one_run_folder_with_every_promised_file(uninterrupted):
     run_dir, metrics = uninterrupted
     for name in ("config.yaml", "overrides.yaml", "status.json", "metrics.json", "cl_run.log", "checkpoint.pt",
@@ -57,6 +59,7 @@ def test_a_two_process_run_writes_one_run_folder_with_every_promised_file(uninte
     assert train["steps"] == 3 * math.ceil(train["tuples"] / 3 / 128) and len(train["epoch_losses"]) == 3
 
 
+@pytest.mark.slow
 def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_equals_the_uninterrupted_one(
         tmp_path, uninterrupted):
     _, reference = uninterrupted
@@ -75,6 +78,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_equals_the
     assert comparable(metrics) == comparable(reference)  # two processes again: the same sums, bit for bit
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_with_one_clear_line_within_a_minute(tmp_path):
     process = torchrun([*RUN, "epochs=20", "hydra.run.dir=run"], tmp_path, start_new_session=True)
     wait_for(tmp_path / "run" / "checkpoint.pt", process)
@@ -92,6 +96,7 @@ def test_a_killed_process_ends_the_run_with_one_clear_line_within_a_minute(tmp_p
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, line", [
     (["batch_size=127"], "batch_size=127 does not split evenly over 2 processes: use a multiple of 2 "
                          "(e.g. 126 or 128)"),
@@ -105,6 +110,7 @@ def test_a_mistake_is_reported_once_by_rank_0(tmp_path, args, line):
     assert len(ours) == 1 and ours[0].startswith(f"cl-run: error: {line}"), stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_submitit_job_of_two_tasks_is_the_same_two_process_run(tmp_path, uninterrupted):
     """Hydra's submitit launcher with tasks_per_node=2 (locally here; on SLURM one task per GPU) runs the job as
     one run of two processes: the same figures as torchrun's, in the sweep's job folder."""
@@ -117,6 +123,7 @@ def test_a_submitit_job_of_two_tasks_is_the_same_two_process_run(tmp_path, unint
     assert comparable(json.loads((job / "metrics.json").read_text())) == comparable(reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_terminal_stops_both_processes_with_one_checkpoint(tmp_path):
     """A terminal's Ctrl-C (SIGINT to the foreground process group) reaches torchrun, which passes it on to the
     processes (each in a session of its own): they agree on a step, and the run stops there with its checkpoint."""
@@ -127,3 +134,16 @@ def test_ctrl_c_in_the_terminal_stops_both_processes_with_one_checkpoint(tmp_pat
     ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
     assert len(ours) == 1 and "stopped by signal 2" in ours[0] and "resume=" in ours[0], stderr[-3000:]
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("rank, lines", [(0, 1), (1, 0)])
+def test_a_sweep_under_torchrun_is_refused_before_joining_in_one_line_by_rank_0(tmp_path, capfd, rank, lines):
+    """What torchrun tells each process (RANK, WORLD_SIZE, LOCAL_RANK), in this process: a sweep is refused before
+    the process joins the others (there are none here to join), rank 0 says why and every rank exits with 2."""
+    env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+    code, out, err = run_main(["-m", *RUN, "hydra.sweep.dir=s"], tmp_path, capfd, env=env, launcher=None)
+    ours = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(ours) == lines and "Traceback" not in out + err, err[-3000:]
+    if lines:
+        assert ours[0].startswith("cl-run: error: a sweep (-m) cannot run under torchrun: sweep with cl-run -m")
+    assert not list((tmp_path / "s").iterdir())  # created empty before Hydra (cl-run checks it can write there)

@@ -19,3 +19,15 @@ def test_a_gpu_is_shared_by_as_many_jobs_as_its_memory_and_the_cores_allow():
     assert sweep_jobs(16, 128 * GiB, 16 * GiB) == 4
     assert sweep_jobs(16, 8 * GiB, 80 * GiB) == 8 * GiB // JOB_MEMORY  # the host's memory decides
     assert sweep_jobs(8, None, 2 * GiB) == 1
+
+
+def test_starting_cl_run_imports_none_of_what_later_phases_need():
+    """The entry point's imports: matplotlib (figures), scikit-learn (t-SNE, the reference probes, the paper split)
+    and torchvision (ResNet-18) come when a phase first needs them, not before the first training step."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cl_runner.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'sklearn', 'torchvision'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -48,3 +48,11 @@ def test_alignment_and_uniformity_on_hand_cases():
     assert evaluate.uniformity(collapsed) == pytest.approx(0.0)
     spread = np.random.default_rng(0).normal(size=(500, 16))
     assert evaluate.diagnostics(spread)["uniformity"] < -3.5  # far from collapsed
+
+
+@pytest.mark.parametrize("n, chunk", [(7, 3), (300, 64), (300, 1024)])
+def test_chunked_uniformity_equals_the_mean_over_all_pairs(n, chunk):
+    x = np.random.default_rng(n).normal(size=(n, 5))
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = [np.exp(-2.0 * np.sum((u[i] - u[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]
+    assert evaluate.uniformity(x, chunk=chunk) == pytest.approx(np.log(np.mean(pairs)), rel=1e-10)

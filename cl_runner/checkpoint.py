@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +12,11 @@ import torch
 from torch import nn
 
 from cl_runner import atomic
+from cl_runner.errors import UserError
 from cl_runner.randomness import TrainingStreams
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_KEYS = {"encoder", "loss", "optimizer", "scaler", "schedule", "rng", "position", "stats"}
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Checkpointer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "rng": {"python": random.getstate(), "numpy": numpy_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "streams": self.streams.state_dict()},
             "position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
@@ -86,8 +89,10 @@ class Checkpointer:
         return str(self.path)
 
     def restore(self) -> LoopPosition:
-        """Load the checkpoint into the bound objects; returns the position to continue from."""
-        payload = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
+        """Load the checkpoint into the bound objects; returns the position to continue from. Only tensors and
+        plain values are read (torch's weights_only unpickler): a file holding anything else is refused in one
+        line, and nothing in it runs; so is a damaged one."""
+        payload = load_payload(self.path)
         self.encoder.load_state_dict(payload["encoder"])
         self.loss_fn.load_state_dict(payload["loss"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -96,7 +101,7 @@ class Checkpointer:
             self.schedule.load_state_dict(payload["schedule"])
         rng = payload["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -104,6 +109,41 @@ class Checkpointer:
         position = payload["position"]
         order = position["order"]
         return LoopPosition(record=TrainingRecord(**payload["stats"]), epoch=position["epoch"],
-                          step_in_epoch=position["step_in_epoch"],
-                          order=None if order is None else order.to(self.streams.order.device),
-                          epoch_loss_sum=position["epoch_loss_sum"])
+                            step_in_epoch=position["step_in_epoch"],
+                            order=None if order is None else order.to(self.streams.order.device),
+                            epoch_loss_sum=position["epoch_loss_sum"])
+
+
+def load_payload(path: Path) -> dict:
+    """A checkpoint's contents, read by torch's weights_only unpickler (tensors, containers, numbers, strings:
+    nothing in the file can run). Anything else, a damaged file or another kind of file: a UserError, one line."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} holds objects other than tensors and plain values (a checkpoint of a cl-run before "
+                        f"2026-11-29 holds numpy arrays; any other may hold code): refused, and nothing in it was "
+                        f"run ({one_line(err)})") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserError(f"{path} cannot be read: it is damaged or not a checkpoint ({one_line(err)}); restore it "
+                        "from a copy, or start the run again in a new folder") from err
+    if not isinstance(payload, dict) or not CHECKPOINT_KEYS <= payload.keys():
+        raise UserError(f"{path} is not a cl-run checkpoint (it lacks {sorted(CHECKPOINT_KEYS - set(payload))})"
+                        if isinstance(payload, dict) else f"{path} is not a cl-run checkpoint")
+    return payload
+
+
+def one_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def numpy_state() -> dict:
+    """numpy's global RNG state as plain values and a tensor (np.random.get_state() holds an array)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_state(state: dict) -> None:
+    """Restore what `numpy_state()` saved."""
+    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))

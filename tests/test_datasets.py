@@ -77,6 +77,38 @@ def test_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
         read_cifar10(tmp_path, "test")
 
 
+class Planted:
+    """Unpickling it would call Path.touch on `marker`: a data file that runs code when read."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (self.marker,)
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    batch = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "batch_label": Planted(marker)}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(UserError, match=r"test_batch is not a CIFAR-10 batch: it names pathlib\..*nothing in it was "
+                                        r"run"):
+        read_cifar10(tmp_path, "test")
+    assert not marker.exists()
+    batch["batch_label"] = "testing batch 1 of 1"  # the same file without the planted object reads, either protocol
+    for protocol in (2, 4):
+        (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+        assert read_cifar10(tmp_path, "test").labels.tolist() == [0, 1]
+
+
 def test_gzipped_idx_files_read_as_torchvision_downloads_them(data_root, tmp_path):
     import gzip
 

@@ -250,6 +250,24 @@ def read_mnist(root: Path, split: str, verify: bool = False) -> ImageSet:
                     MNIST_CLASSES)
 
 
+class RefusedObject(pickle.UnpicklingError):
+    """A pickle named a class or function that a data file has no use for."""
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10's batches hold (dicts, lists, strings, bytes, numbers and numpy arrays) and refuses
+    every other class or function, so that a hostile file cannot run code: only numpy's array reconstruction
+    (an array from its bytes) and the string-to-bytes encoding of protocol 2 pickles are looked up."""
+
+    ADMITTED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # protocol 2's bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ADMITTED:
+            raise RefusedObject(f"it names {module}.{name}, which no data file needs")
+        return super().find_class(module, name)
+
+
 def read_cifar10(root: Path, split: str, verify: bool = False) -> ImageSet:
     """CIFAR-10 from the python pickle batches in ROOT/cifar-10-batches-py, downloaded there when absent.
     Each batch's MD5 is not checked (see ../shared/data/README.md: equal pixels, other pickle bytes)."""
@@ -263,9 +281,11 @@ def read_cifar10(root: Path, split: str, verify: bool = False) -> ImageSet:
             verify_md5(path)
         try:
             with path.open("rb") as fh:
-                batch = pickle.load(fh, encoding="latin1")
+                batch = ArraysOnlyUnpickler(fh, encoding="latin1").load()
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+        except RefusedObject as err:
+            raise UserError(f"{path} is not a CIFAR-10 batch: {err}; refused, and nothing in it was run") from err
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
             raise UserError(f"{path} is not a readable CIFAR-10 batch (truncated or corrupt: {err})") from err
         if len(data) != len(batch_labels):

@@ -3,6 +3,8 @@ bad input with its one line. Folders are written here from the first MNIST and C
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,9 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, dict, str]]:
     flat = tmp_path / "flat"
     for i in range(3):
         png(flat / f"{i}.png")
+    bomb = two_classes(tmp_path / "bomb")
+    png(bomb / "a" / "huge.png")
+    claim_size(bomb / "a" / "huge.png", 40_000, 40_000)
     return {
         "missing": (tmp_path / "nothing", {}, "no such folder"),
         "empty": (empty, {}, "holds no images and no class folders"),
@@ -270,7 +275,19 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[Path, dict, str]]:
         "loose images": (loose, {}, "holds images beside its class folders (stray.png, ...)"),
         "labels without classes": (flat, {"labels": True}, "dataset.labels=true, but"),
         "small": (small, {}, None),
+        "decompression bomb": (bomb, {}, "bomb/a/huge.png: cannot read it as an image (Image size (1600000000 pixels) "
+                                         "exceeds"),
     }
+
+
+def claim_size(path: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's header to claim another size (its CRC kept valid): a decompression bomb's header, with
+    none of its gigabytes."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4:start + 12] = struct.pack(">II", width, height)
+    data[start + 17:start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start:start + 17])))  # type + 13 bytes
+    path.write_bytes(bytes(data))
 
 
 def test_each_bad_folder_gets_its_one_line(tmp_path, untouched):

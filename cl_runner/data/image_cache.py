@@ -50,8 +50,8 @@ def read_headers(files: list[Path]) -> list[Header]:
         try:
             with Image.open(path) as image:
                 headers.append(Header(image.mode, image.size))
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            headers.append(Header(None, None, describe(err)))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+            headers.append(Header(None, None, describe(err)))  # a bomb is refused from its header: nothing decoded
     return headers
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import atomic, distributed, evaluate, export, run_folder
-from cl_runner.checkpoint import LoopPosition, TrainingRecord
+from cl_runner.checkpoint import CHECKPOINT_FILE, LoopPosition, TrainingRecord
 from cl_runner.config import check_data, check_labels_needed
 from cl_runner.data.datasets import ImageSet, Splits
 from cl_runner.distributed import World
@@ -58,6 +59,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
             run_folder.record_interruption(run_dir, stop.signum)
         stop_signal.hand_on(stop.signum)  # a cluster's warning: its launcher requeues the job (and exits)
         raise
+    except torch.cuda.OutOfMemoryError as err:  # torch.OutOfMemoryError: any device's allocator
+        raise out_of_memory(err, cfg.batch_size, compute.device, run_dir) from err
     except Exception as err:
         if distributed.lost_peer(err):
             log.info("lost another process of the run: %s", err)
@@ -69,6 +72,17 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         run_folder.record_completion(run_dir)
         log.info("done in %.1f s: %s", metrics["timing"]["total_s"], evaluate.summary_line(metrics))
     return metrics
+
+
+def out_of_memory(err: BaseException, batch_size: int, device: torch.device, run_dir: Path) -> UserError:
+    """One line for a run that ran out of device memory: what ran out, with which batch size, what to do, and
+    that the last checkpoint stays."""
+    checkpoint = run_dir / CHECKPOINT_FILE
+    kept = f"the last checkpoint stays in {checkpoint}" if checkpoint.exists() else "no checkpoint had been written"
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "out of memory")
+    return UserError(f"the {device.type} device ran out of memory with batch_size={batch_size} ({reason[:160]}); "
+                     f"use a smaller batch_size (e.g. {max(1, batch_size // 2)}) or precision=bf16, or free the "
+                     f"device; {kept}")
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
@@ -113,19 +127,21 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if not np.isfinite(embedded.test).all():
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
-        with clock("eval_s"):
-            metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
-        stop_if_signalled()
-        if cfg.eval.baseline:
-            with clock("baseline_s"):
-                evaluate.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed, compute.device)
+        with ThreadPoolExecutor(1, thread_name_prefix="tsne") as beside:  # t-SNE (CPU) while the probes run
+            tsne = beside.submit(export.tsne_coordinates, cfg.eval, cfg.seed, embedded.test)
+            with clock("eval_s"):
+                metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
             stop_if_signalled()
-        metrics.update(run_record(cfg, choices, record, clock.seconds, compute))
-        metrics["classes"] = data.test.classes  # for the report's figures (empty: unlabelled)
-        atomic.write_json(run_dir / "metrics.json", metrics)  # as soon as the scores exist; again at the end
-        with clock("tsne_s"):
-            export.tsne_outputs(cfg.eval, cfg.seed, run_dir, embedded.test, data.test, export.scenario_title(choices),
-                                writer)
+            if cfg.eval.baseline:
+                with clock("baseline_s"):
+                    evaluate.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed, compute.device)
+                stop_if_signalled()
+            metrics.update(run_record(cfg, choices, record, clock.seconds, compute))
+            metrics["classes"] = data.test.classes  # for the report's figures (empty: unlabelled)
+            atomic.write_json(run_dir / "metrics.json", metrics)  # as soon as the scores exist; again at the end
+            with clock("tsne_s"):  # what the run still waits for t-SNE, and its files
+                export.tsne_outputs(tsne.result(), run_dir, embedded.test, data.test,
+                                    export.scenario_title(choices), writer)
         export.log_hparams(writer, export.hyperparameters(cfg, choices, compute.precision),
                            evaluate.final_scores(metrics), record.steps)
     stop_if_signalled()

@@ -35,21 +35,29 @@ def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
             "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
 
 
-def tsne_outputs(settings: DictConfig, seed: int, run_dir: Path, test_x: np.ndarray, test: ImageSet, title: str,
-                 writer: SummaryWriter) -> None:
-    """t-SNE of the first `settings.tsne_points` test images (tsne.csv, tsne.png titled `title`: the scenario)
-    and the same embeddings for TensorBoard's projector."""
+def tsne_coordinates(settings: DictConfig, seed: int, test_x: np.ndarray) -> np.ndarray | None:
+    """t-SNE coordinates of the first `settings.tsne_points` test embeddings; None where there are fewer than two
+    or all are the same (said in the log)."""
     points = min(settings.tsne_points, len(test_x))
     if points < settings.tsne_points:
         log.info("eval.tsne_points=%d but the test set has %d images: using %d", settings.tsne_points,
                  len(test_x), points)
     if points < 2:
-        return
+        return None
     if evaluate.is_collapsed(test_x[:points]):  # scikit-learn's t-SNE can crash on identical points
         log.warning("t-SNE skipped: every test embedding is the same (the encoder has collapsed)")
+        return None
+    return tsne(test_x[:points], seed=randomness.evaluation_seed(seed), perplexity=settings.tsne_perplexity)
+
+
+def tsne_outputs(coords: np.ndarray | None, run_dir: Path, test_x: np.ndarray, test: ImageSet, title: str,
+                 writer: SummaryWriter) -> None:
+    """The t-SNE `coords` of the first test images (tsne.csv, tsne.png titled `title`: the scenario) and their
+    embeddings for TensorBoard's projector; nothing without coordinates."""
+    if coords is None:
         return
+    points = len(coords)
     labels = test.labels[:points].cpu().numpy() if test.labelled else np.full(points, -1)  # -1: unlabelled
-    coords = tsne(test_x[:points], seed=randomness.evaluation_seed(seed), perplexity=settings.tsne_perplexity)
     write_tsne_csv(run_dir / "tsne.csv", coords, labels)
     save_tsne_png(run_dir / "tsne.png", coords, labels, test.classes,
                   f"{title}: t-SNE of the first {points} test images")

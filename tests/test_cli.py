@@ -77,7 +77,7 @@ def test_tensorboard_reads_the_event_files(digits_run):
     assert {"gain/paper/linear_top1", "gain/standard/knn_top1"} <= scalars
 
 
-def test_tensorboard_hparams_hold_the_scenario_and_the_final_figures(digits_run):
+def test_tensorboard_hparams_hold_the_scenario_and_the_final_scores(digits_run):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     events = EventAccumulator(str(digits_run / "tensorboard"))

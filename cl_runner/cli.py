@@ -19,7 +19,7 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import distributed, experiment, run_folder
+from cl_runner import distributed, experiment, run_folder, sweep_progress
 from cl_runner.config import validate
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
@@ -229,6 +229,7 @@ def main() -> None:
     except Interrupted as stop:
         if not world.is_main:
             sys.exit(128 + stop.signum)
+        sweep_progress.close_views()
         if "-m" in sys.argv or "--multirun" in sys.argv:
             print(f"cl-run: stopped by signal {stop.signum}; the sweep's running jobs wrote their checkpoints: run "
                   "the same command again to resume it", file=sys.stderr)
@@ -237,6 +238,7 @@ def main() -> None:
                   f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint waited for
+        sweep_progress.close_views()
         print("cl-run: stopped at once by a second Ctrl-C (the last checkpoint stays)", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     except Exception as err:

@@ -128,7 +128,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
         with ThreadPoolExecutor(1, thread_name_prefix="tsne") as beside:  # t-SNE (CPU) while the probes run
-            tsne = beside.submit(export.tsne_coordinates, cfg.eval, cfg.seed, embedded.test)
+            tsne = export.tsne_beside(beside, cfg.eval, cfg.seed, embedded.test)
             with clock("eval_s"):
                 metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
             stop_if_signalled()

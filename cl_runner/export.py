@@ -3,8 +3,10 @@ every file through cl_runner.atomic's writes."""
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import logging
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,13 @@ def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
     """What TensorBoard's HParams tab compares a sweep's runs by: the scenario's choices and the key settings."""
     return {**choices, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
+
+
+def tsne_beside(executor: Executor, settings: DictConfig, seed: int, test_x: np.ndarray) -> Future:
+    """`tsne_coordinates` started in `executor` (another thread), its library imported here first: two threads
+    importing scikit-learn at once can each find the other's modules half-initialized (an ImportError)."""
+    importlib.import_module("sklearn.manifold")
+    return executor.submit(tsne_coordinates, settings, seed, test_x)
 
 
 def tsne_coordinates(settings: DictConfig, seed: int, test_x: np.ndarray) -> np.ndarray | None:

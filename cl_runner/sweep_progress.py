@@ -1,10 +1,12 @@
 """One progress view for a sweep whose jobs run at once in worker processes (the default joblib launcher): jobs
 done, running and failed, with an ETA, read from the jobs' status.json files while the sweep's own process waits
-on its launcher. The jobs' own progress bars stay off there (two at once interleave on one terminal line)."""
+on its launcher. It is drawn on a terminal only (a log file or a pipe gets the jobs' log lines alone), and the
+jobs' own progress bars stay off (two at once interleave on one terminal line)."""
 from __future__ import annotations
 
 import math
 import threading
+import sys
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,6 +27,15 @@ def sweep_size(config: DictConfig) -> int | None:
         return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
     except Exception:  # noqa: BLE001 - counting is a courtesy; the sweep itself reports real errors
         return None
+
+
+DRAWING: list["SweepProgressCallback"] = []  # the views drawing now, which close_views() ends
+
+
+def close_views() -> None:
+    """End any sweep view with its last state and a line break, before cl-run prints its own last lines."""
+    for view in list(DRAWING):
+        view.close()
 
 
 def job_states(sweep_dir: Path) -> dict[str, int]:
@@ -57,10 +68,11 @@ class SweepProgressCallback(Callback):
         self.__init__(**state)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if not runs_in_worker(config.hydra.launcher):
+        if not (runs_in_worker(config.hydra.launcher) and sys.stderr.isatty()):
             return
         self.thread = threading.Thread(target=self.draw, args=(Path(config.hydra.sweep.dir), sweep_size(config)),
                                        name="sweep-progress", daemon=True)
+        DRAWING.append(self)
         self.thread.start()
 
     def draw(self, sweep_dir: Path, total: int | None) -> None:
@@ -75,6 +87,11 @@ class SweepProgressCallback(Callback):
                     return
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.thread is not None:
             self.stopped.set()
             self.thread.join()
+            self.thread = None
+            DRAWING.remove(self)

@@ -2,14 +2,20 @@
 a real parallel sweep."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 
 import pytest
 from omegaconf import OmegaConf
 
 from cl_runner.sweep_progress import job_states, sweep_size
-from conftest import run_cli
+from conftest import DATA_ROOT, run_cli
 
 
 def sweep_config(task: list[str], params: dict | None = None):
@@ -34,11 +40,41 @@ def test_the_jobs_of_a_sweep_folder_are_counted_by_their_status(tmp_path):
     assert job_states(tmp_path) == {"done": 1, "running": 1, "failed": 1}
 
 
+def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
+    """`python -m cl_runner ARGS` with its stderr on a pseudo-terminal, as a user's shell gives it: the exit code
+    and everything it drew there."""
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows of 120 columns
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=terminal, env={**env, "CL_DATA_ROOT": str(DATA_ROOT)})
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the process closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(main)
+    return process.wait(timeout=600), drawn.decode(errors="replace")
+
+
 @pytest.mark.slow
 def test_parallel_jobs_show_one_sweep_view_instead_of_their_own_bars(tmp_path):
-    result = run_cli(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=60", "seed=0,1,2",
-                      "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"], tmp_path, launcher=None)
-    assert result.returncode == 0, result.stderr[-2000:]
-    screens = result.stderr.replace("\r", "\n")
+    code, drawn = on_a_terminal(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=60",
+                                 "seed=0,1,2", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"], tmp_path)
+    assert code == 0, drawn[-2000:]
+    screens = drawn.replace("\r", "\n")
     assert "sweep: 100%" in screens and "3/3" in screens and "job" in screens
     assert "step/s" not in screens and "steps/s" not in screens  # no job drew its own bar
+
+
+@pytest.mark.slow
+def test_without_a_terminal_nothing_is_drawn(tmp_path):
+    result = run_cli(["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0",
+                      "eval.protocols=[paper]", "eval.baseline=false", "seed=0,1", "hydra.launcher.n_jobs=2",
+                      "hydra.sweep.dir=s"], tmp_path, launcher=None)
+    assert result.returncode == 0 and "sweep:" not in result.stderr and "step/s" not in result.stderr

@@ -23,8 +23,8 @@ from cl_runner.errors import UserError
 from cl_runner.interruption import Interrupted, SignalStop
 from cl_runner.parts import build_training, initial_encoder
 from cl_runner.randomness import seed_everything
-from cl_runner.runtime import (Compute, available_cores, device_name, fits_on_device, resolve_device,
-                               resolve_precision)
+from cl_runner.runtime import (Compute, available_cores, device_name, fits_on_device, out_of_memory,
+                               resolve_device, resolve_precision)
 from cl_runner.train import LoopSettings, pretrain
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         stop_signal.hand_on(stop.signum)  # a cluster's warning: its launcher requeues the job (and exits)
         raise
     except torch.cuda.OutOfMemoryError as err:  # torch.OutOfMemoryError: any device's allocator
-        raise out_of_memory(err, cfg.batch_size, compute.device, run_dir) from err
+        raise out_of_memory(err, cfg.batch_size, compute.device, run_dir / CHECKPOINT_FILE) from err
     except Exception as err:
         if distributed.lost_peer(err):
             log.info("lost another process of the run: %s", err)
@@ -72,17 +72,6 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         run_folder.record_completion(run_dir)
         log.info("done in %.1f s: %s", metrics["timing"]["total_s"], evaluate.summary_line(metrics))
     return metrics
-
-
-def out_of_memory(err: BaseException, batch_size: int, device: torch.device, run_dir: Path) -> UserError:
-    """One line for a run that ran out of device memory: what ran out, with which batch size, what to do, and
-    that the last checkpoint stays."""
-    checkpoint = run_dir / CHECKPOINT_FILE
-    kept = f"the last checkpoint stays in {checkpoint}" if checkpoint.exists() else "no checkpoint had been written"
-    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "out of memory")
-    return UserError(f"the {device.type} device ran out of memory with batch_size={batch_size} ({reason[:160]}); "
-                     f"use a smaller batch_size (e.g. {max(1, batch_size // 2)}) or precision=bf16, or free the "
-                     f"device; {kept}")
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str],
@@ -127,8 +116,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if not np.isfinite(embedded.test).all():
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
-        with ThreadPoolExecutor(1, thread_name_prefix="tsne") as beside:  # t-SNE (CPU) while the probes run
-            tsne = export.tsne_beside(beside, cfg.eval, cfg.seed, embedded.test)
+        with ThreadPoolExecutor(1, thread_name_prefix="tsne") as beside:  # t-SNE (CPU) while a GPU probes
+            tsne = export.tsne_later(beside if compute.device.type == "cuda" else None, cfg.eval, cfg.seed,
+                                     embedded.test)
             with clock("eval_s"):
                 metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
             stop_if_signalled()
@@ -140,7 +130,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
             metrics["classes"] = data.test.classes  # for the report's figures (empty: unlabelled)
             atomic.write_json(run_dir / "metrics.json", metrics)  # as soon as the scores exist; again at the end
             with clock("tsne_s"):  # what the run still waits for t-SNE, and its files
-                export.tsne_outputs(tsne.result(), run_dir, embedded.test, data.test,
+                export.tsne_outputs(tsne(), run_dir, embedded.test, data.test,
                                     export.scenario_title(choices), writer)
         export.log_hparams(writer, export.hyperparameters(cfg, choices, compute.precision),
                            evaluate.final_scores(metrics), record.steps)

@@ -6,7 +6,9 @@ import csv
 import importlib
 import io
 import logging
-from concurrent.futures import Executor, Future
+from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +39,17 @@ def hyperparameters(cfg: DictConfig, choices: dict, precision: str) -> dict:
             "lr": float(cfg.optimizer.lr), "precision": precision, "features": cfg.eval.features}
 
 
-def tsne_beside(executor: Executor, settings: DictConfig, seed: int, test_x: np.ndarray) -> Future:
-    """`tsne_coordinates` started in `executor` (another thread), its library imported here first: two threads
-    importing scikit-learn at once can each find the other's modules half-initialized (an ImportError)."""
+def tsne_later(beside: Executor | None, settings: DictConfig, seed: int, test_x: np.ndarray
+               ) -> Callable[[], np.ndarray | None]:
+    """`tsne_coordinates`, to be collected by calling the result: computed `beside` the caller's next work (in
+    that executor's thread) when one is given, else when collected. Beside the probes it pays only where they
+    leave the CPU free (a GPU); on a CPU the two shared its cores (measured: no gain, README). Its library is
+    imported before the thread starts: two threads importing scikit-learn at once can each find the other's
+    modules half-initialized (an ImportError)."""
+    if beside is None:
+        return partial(tsne_coordinates, settings, seed, test_x)
     importlib.import_module("sklearn.manifold")
-    return executor.submit(tsne_coordinates, settings, seed, test_x)
+    return beside.submit(tsne_coordinates, settings, seed, test_x).result
 
 
 def tsne_coordinates(settings: DictConfig, seed: int, test_x: np.ndarray) -> np.ndarray | None:

@@ -102,6 +102,16 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
+def out_of_memory(err: BaseException, batch_size: int, device: torch.device, checkpoint: Path) -> UserError:
+    """One line for a run that ran out of device memory: what ran out, with which batch size, what to do, and
+    that the last `checkpoint` stays (where one was written)."""
+    kept = f"the last checkpoint stays in {checkpoint}" if checkpoint.exists() else "no checkpoint had been written"
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "out of memory")
+    return UserError(f"the {device.type} device ran out of memory with batch_size={batch_size} ({reason[:160]}); "
+                     f"use a smaller batch_size (e.g. {max(1, batch_size // 2)}) or precision=bf16, or free the "
+                     f"device; {kept}")
+
+
 def native_cpu_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as PyTorch's own kernels check."""
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

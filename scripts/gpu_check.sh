@@ -104,10 +104,10 @@ from pathlib import Path
 jobs = sorted(Path(sys.argv[1]).glob("*/metrics.json"))
 print(f"\n{len(jobs)} jobs completed; seconds per phase:")
 keys = ["data_s", "train_s", "embed_s", "eval_s", "baseline_s", "tsne_s", "export_s", "total_s"]
-print("job".ljust(48) + "".join(k.rjust(11) for k in keys))
+print("job".ljust(64) + "".join(k.rjust(11) for k in keys))
 for path in jobs:
     timing = json.loads(path.read_text())["timing"]
-    print(path.parent.name[:47].ljust(48) + "".join(f"{timing.get(k, float('nan')):11.2f}" for k in keys))
+    print(path.parent.name[:63].ljust(64) + "".join(f"{timing.get(k, float('nan')):11.2f}" for k in keys))
 util = Path(sys.argv[1]).parent / "gpu_util.csv"
 if util.exists():
     values = [float(r[1].split()[0]) for r in csv.reader(util.open()) if len(r) > 1 and r[1].strip()[:1].isdigit()]

@@ -95,6 +95,7 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None  # the sweep's process
     try:
         with distributed.together(world):  # the same checks in every process; rank 0 says what failed
             if cfg.resume:
@@ -114,12 +115,16 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
                 cfg.resume = str(run_dir)
             elif action == "restart" and world.is_main:
                 run_folder.forget_attempt(run_dir)
-        parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None
         return experiment.run(cfg, run_dir, choices, overrides, parent, world)
     except run_folder.AlreadyFinished as done:
         if world.is_main:
             print(f"cl-run: {done}", file=sys.stderr)
         return {}
+    except Interrupted:
+        if parent is not None and os.getppid() != parent:  # the sweep died: this worker ends, nobody waits on it
+            logging.shutdown()
+            os._exit(128 + signal.SIGHUP)
+        raise
     except Exception as err:
         message = one_line(err)
         if not world.is_main:  # rank 0 records the run's failure and says why, traceback included for a bug
@@ -148,6 +153,8 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
         else:
             errors.append(message)
         return {"error": message}
+    finally:
+        run_folder.release(run_dir)  # a worker process goes on to other jobs
 
 
 class WorkerSignals(Callback):

@@ -2,9 +2,11 @@
 A run writes only into a folder it holds; resuming takes over an interrupted or failed run's folder."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +45,44 @@ def alive(pid) -> bool:
     return True
 
 
+LOCK_FILE = ".lock"
+ORPHAN_GRACE = 30.0  # seconds a sweep run again waits for a job's lock: a killed sweep's worker stops within a step
+_HELD: dict[Path, int] = {}  # run folders this process holds -> the open lock file's descriptor
+
+
+def hold(run_dir: Path, wait: float = 0.0) -> bool:
+    """Take the run folder's lock (an flock on its .lock file), waiting up to `wait` seconds while another process
+    holds it: True when this process holds it now. The kernel releases it when its holder exits, however it ends
+    (SIGKILL included), so a folder is never run by two processes at once, and never held by a process that is
+    gone."""
+    run_dir = run_dir.resolve()
+    if run_dir in _HELD:
+        return True
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"cannot write into the run folder {run_dir}: {err.strerror}") from err
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _HELD[run_dir] = descriptor
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                return False
+            time.sleep(0.2)
+
+
+def release(run_dir: Path) -> None:
+    """Let go of a folder this process holds (a sweep's worker process goes on to other jobs)."""
+    descriptor = _HELD.pop(run_dir.resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
 def read_status(run_dir: Path) -> dict | None:
     try:
         return json.loads((run_dir / STATUS_FILE).read_text())
@@ -61,6 +101,7 @@ def claim(run_dir: Path, scenario: dict, config: DictConfig, overrides: list[str
             json.dump(status, fh)
         atomic.write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
         atomic.write_bytes(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
+        hold(run_dir)
     except FileExistsError:
         raise OthersFolder(f"{run_dir} already holds another run's results; choose a new hydra.run.dir") from None
     except OSError as err:
@@ -72,8 +113,8 @@ def take_over(run_dir: Path) -> dict:
     status = read_status(run_dir) or {}
     if status.get("status") == "completed":
         raise AlreadyFinished(f"run {run_dir} already finished; nothing to resume")
-    if status.get("status") == "running" and alive(status.get("pid")):
-        raise UserError(f"resume={run_dir}: that run is still running (pid {status['pid']})")
+    if not hold(run_dir):
+        raise UserError(f"resume={run_dir}: that run is still running (pid {status.get('pid')})")
     if not (run_dir / CHECKPOINT_FILE).exists():
         raise UserError(f"resume={run_dir}: that folder holds no {CHECKPOINT_FILE} to continue from")
     atomic.write_json(run_dir / STATUS_FILE, {**status, "status": "running", "resumed": _now(), "pid": os.getpid()})
@@ -94,8 +135,8 @@ def sweep_job_action(run_dir: Path, config: DictConfig) -> str:
     if differing:
         raise OthersFolder(f"{run_dir} holds a run of another config ({', '.join(differing[:3])}"
                            f"{', ...' if len(differing) > 3 else ''}); give this sweep another hydra.sweep.dir")
-    if status.get("status") == "running" and alive(status.get("pid")):
-        raise OthersFolder(f"{run_dir} is being run by another process (pid {status['pid']})")
+    if not hold(run_dir, wait=ORPHAN_GRACE):
+        raise OthersFolder(f"{run_dir} is being run by another process (pid {status.get('pid')})")
     if status.get("status") == "completed" and (run_dir / "metrics.json").is_file():
         return "done"
     return "resume" if (run_dir / CHECKPOINT_FILE).is_file() else "restart"

@@ -1,0 +1,83 @@
+"""One job folder, one process: the folder's lock is the kernel's (flock), released when its holder dies."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cl_runner import run_folder
+from conftest import DATA_ROOT, run_cli
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_folder_held_by_a_live_process_is_refused_and_free_once_it_is_killed(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / run_folder.LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not run_folder.hold(tmp_path)
+        assert not run_folder.hold(tmp_path, wait=0.5)  # waits, then gives up
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert run_folder.hold(tmp_path) and run_folder.hold(tmp_path)  # free now; taking it twice is fine
+    finally:
+        holder.kill()
+        run_folder.release(tmp_path)
+    second = subprocess.run([sys.executable, "-c", "import sys; from cl_runner import run_folder; "
+                             "print(run_folder.hold(__import__('pathlib').Path(sys.argv[1])))", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert second.stdout.strip() == "True"  # released: another process takes it
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once(tmp_path):
+    args = ["-m", "dataset=digits", "loss=triplet", "aug=none", "epochs=4", "batch_size=64", "eval.tsne_points=0",
+            "eval.protocols=[paper]", "seed=0,1,2,3", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
+    sweep = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)})
+
+    def states() -> dict:
+        found = {}
+        for path in glob.glob(str(tmp_path / "s" / "*" / "status.json")):
+            try:
+                found[path] = json.loads(open(path).read())
+            except ValueError:  # being replaced
+                pass
+        return found
+
+    deadline = time.monotonic() + 300
+    while True:  # a worker is in its second job, past that job's first checkpoint
+        now = states()
+        done_by = {s["pid"] for s in now.values() if s["status"] == "completed"}
+        second = [p for p, s in now.items() if s["status"] == "running" and s["pid"] in done_by
+                  and os.path.exists(os.path.join(os.path.dirname(p), "checkpoint.pt"))]
+        if second:
+            break
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = {s["pid"] for s in now.values()}
+    sweep.send_signal(signal.SIGKILL)  # the sweep's own process only: its joblib workers are orphaned
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read()
+              for pid in workers):
+        assert time.monotonic() < deadline, "the killed sweep's workers are still alive"
+        time.sleep(0.2)
+    assert {s["status"] for s in states().values()} <= {"completed", "interrupted"}
+
+    again = run_cli(args, tmp_path, launcher=None)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {s["status"] for s in states().values()} == {"completed"} and len(states()) == 4

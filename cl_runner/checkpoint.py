@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import random
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from cl_runner import atomic
 from cl_runner.errors import UserError
 from cl_runner.randomness import TrainingStreams
 
+log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_FILE = "checkpoint.previous.pt"  # the checkpoint before the last: resume falls back to it
 CHECKPOINT_KEYS = {"encoder", "loss", "optimizer", "scaler", "schedule", "rng", "position", "stats"}
 
 
@@ -58,7 +61,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True):
-        self.path, self.writes = run_dir / CHECKPOINT_FILE, writes
+        self.path, self.previous, self.writes = run_dir / CHECKPOINT_FILE, run_dir / PREVIOUS_FILE, writes
         self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
         self.scaler, self.streams = scaler, streams
         self.schedule = schedule
@@ -85,14 +88,21 @@ class Checkpointer:
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic.write_bytes(self.path, buffer.getvalue())
+        atomic.write_bytes(self.path, buffer.getvalue(), previous=self.previous)
         return str(self.path)
 
     def restore(self) -> LoopPosition:
         """Load the checkpoint into the bound objects; returns the position to continue from. Only tensors and
         plain values are read (torch's weights_only unpickler): a file holding anything else is refused in one
-        line, and nothing in it runs; so is a damaged one."""
-        payload = load_payload(self.path)
+        line, and nothing in it runs. A damaged one (cut short by a full disk, a copy stopped half way) falls
+        back to the checkpoint before it, which the log says; without one it is refused in one line."""
+        try:
+            payload = load_payload(self.path)
+        except DamagedCheckpoint as damaged:
+            if not self.previous.exists():
+                raise
+            log.warning("%s; resuming from the checkpoint before it, %s", damaged, self.previous)
+            payload = load_payload(self.previous)
         self.encoder.load_state_dict(payload["encoder"])
         self.loss_fn.load_state_dict(payload["loss"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -114,6 +124,10 @@ class Checkpointer:
                             epoch_loss_sum=position["epoch_loss_sum"])
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be read (cut short, empty, not a checkpoint)."""
+
+
 def load_payload(path: Path) -> dict:
     """A checkpoint's contents, read by torch's weights_only unpickler (tensors, containers, numbers, strings:
     nothing in the file can run). Anything else, a damaged file or another kind of file: a UserError, one line."""
@@ -124,11 +138,11 @@ def load_payload(path: Path) -> dict:
                         f"2026-11-29 holds numpy arrays; any other may hold code): refused, and nothing in it was "
                         f"run ({one_line(err)})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{path} cannot be read: it is damaged or not a checkpoint ({one_line(err)}); restore it "
+        raise DamagedCheckpoint(f"{path} cannot be read: it is damaged or not a checkpoint ({one_line(err)}); restore it "
                         "from a copy, or start the run again in a new folder") from err
     if not isinstance(payload, dict) or not CHECKPOINT_KEYS <= payload.keys():
-        raise UserError(f"{path} is not a cl-run checkpoint (it lacks {sorted(CHECKPOINT_KEYS - set(payload))})"
-                        if isinstance(payload, dict) else f"{path} is not a cl-run checkpoint")
+        lacking = f" (it lacks {sorted(CHECKPOINT_KEYS - set(payload))})" if isinstance(payload, dict) else ""
+        raise DamagedCheckpoint(f"{path} is not a cl-run checkpoint{lacking}")
     return payload
 
 

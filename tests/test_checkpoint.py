@@ -72,3 +72,22 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_the_file(tmp_path, i
     with pytest.raises(UserError, match=str(path)) as refused:
         load_payload(path)
     assert "\n" not in str(refused.value)
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before_it(tmp_path, capfd):
+    from conftest import main_here
+
+    assert main_here([*TINY, "epochs=2", "hydra.run.dir=run"], tmp_path) == 0
+    run_dir = tmp_path / "run"
+    previous = torch.load(run_dir / "checkpoint.previous.pt", weights_only=True)
+    assert previous["position"]["epoch"] == 1  # the one before the last (epoch 2's)
+    whole = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(whole[:len(whole) // 3])  # cut short, as by a full disk
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "status": "interrupted", "signal": 15}))
+    code, _, err = run_main([f"resume={run_dir}"], tmp_path, capfd)
+    assert code == 0, err[-2000:]
+    log = (run_dir / "cl_run.log").read_text()
+    assert "checkpoint.pt cannot be read" in log and "resuming from the checkpoint before it" in log
+    assert "resuming from" in log and "at epoch 1" in log
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

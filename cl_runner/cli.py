@@ -178,6 +178,8 @@ def one_line(err: BaseException) -> str:
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
         first = str(err.__cause__)
+    elif isinstance(err, InstantiationException) and isinstance(err.__cause__, (TypeError, ValueError)):
+        first = f"{first.rstrip(':')}: {one_line(err.__cause__)} (a setting of that option has the wrong type?)"
     elif isinstance(err.__cause__, OmegaConfBaseException):  # e.g. "Could not override 'x'." + why
         first = f"{first.rstrip('.')}: {one_line(err.__cause__)}"
     if options:
@@ -188,8 +190,8 @@ def one_line(err: BaseException) -> str:
 def is_user_error(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in DISK_ERRORS:  # a full or read-only disk, no permission
         return True
-    if isinstance(err, InstantiationException):
-        return isinstance(err.__cause__, UserError)
+    if isinstance(err, InstantiationException):  # a class refusing its settings, or choking on their types
+        return isinstance(err.__cause__, (UserError, TypeError, ValueError))
     return isinstance(err, (UserError, HydraException, OmegaConfBaseException))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -22,11 +22,16 @@ from cl_runner.optim import LR_SCALING
 from cl_runner.probes import SOLVERS
 
 DEVICES = ("auto", "cpu", "cuda")
+TARGETED = ("dataset", "aug", "pairing", "loss", "encoder", "encoder.backbone", "optimizer", "schedule")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_choice(value, options) -> bool:
+    return isinstance(value, str) and value in options
 
 
 def _is_number(value) -> bool:
@@ -35,8 +40,8 @@ def _is_number(value) -> bool:
 
 RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    ("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    ("device", lambda v: _is_choice(v, DEVICES), f"one of {', '.join(DEVICES)}"),
+    ("precision", lambda v: _is_choice(v, PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
     ("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: evaluate the untrained encoder)"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("channels_last", lambda v: isinstance(v, bool), "true or false"),
@@ -49,13 +54,13 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("optimizer.momentum", lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0"),
     ("schedule.warmup_epochs", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0"),
-    ("schedule.lr_scaling", lambda v: v in LR_SCALING, f"one of {', '.join(LR_SCALING)}"),
+    ("schedule.lr_scaling", lambda v: _is_choice(v, LR_SCALING), f"one of {', '.join(LR_SCALING)}"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.test_subset", lambda v: v is None or (_is_int(v) and v >= 20), "null or an integer >= 20"),
-    ("eval.features", lambda v: v in ("backbone", "projector"), "backbone or projector"),
+    ("eval.features", lambda v: _is_choice(v, ("backbone", "projector")), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
-    ("eval.solver", lambda v: v in SOLVERS, f"one of {', '.join(SOLVERS)}"),
+    ("eval.solver", lambda v: _is_choice(v, SOLVERS), f"one of {', '.join(SOLVERS)}"),
     ("eval.baseline", lambda v: isinstance(v, bool), "true or false"),
     ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("eval.cosine_knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -71,7 +76,7 @@ DATASET_RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("dataset.eval_path", lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder's path"),
     ("dataset.labels", lambda v: v is None or isinstance(v, bool), "null (from the layout), true or false"),
     ("dataset.test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
-    ("dataset.channels", lambda v: v in (None, 1, 3), "null (what most images have), 1 or 3"),
+    ("dataset.channels", lambda v: v is None or (_is_int(v) and v in (1, 3)), "null (what most images have), 1 or 3"),
     ("dataset.image_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     ("dataset.skip_corrupt", lambda v: isinstance(v, bool), "true or false"),
 ]
@@ -81,6 +86,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
     """Raise UserError for the first problem found in `cfg`. `choices` maps group -> chosen option (Hydra's
     runtime choices), used to name options in messages; `processes`: how many share each batch (torchrun)."""
     choices = choices or {}
+    check_targets(cfg)
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise UserError(f"dataset={choices.get('dataset', 'image_folder')} needs the folder: add dataset.path=DIR")
     present = [rule for rule in DATASET_RULES if rule[0].split(".", 1)[1] in cfg.dataset.keys()]
@@ -108,6 +114,23 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
         lower = cfg.batch_size - cfg.batch_size % processes
         raise UserError(f"batch_size={cfg.batch_size} does not split evenly over {processes} processes: use a "
                         f"multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every `_target_` (a group option's class, or one a user names) is a class or function that can be found,
+    and Hydra's instantiation flags are booleans."""
+    for group in TARGETED:
+        target = OmegaConf.select(cfg, f"{group}._target_")
+        try:
+            located = get_object(target) if isinstance(target, str) and target else None
+        except Exception:  # noqa: BLE001 - Hydra's locator raises ImportError, AttributeError, ValueError...
+            located = None
+        if not callable(located):
+            raise UserError(f"{group}._target_={target!r} is not a class or function that can be imported")
+        for flag in ("_partial_", "_recursive_"):  # Hydra's instantiation flags
+            value = OmegaConf.select(cfg, f"{group}.{flag}")
+            if value is not None and not isinstance(value, bool):
+                raise UserError(f"{group}.{flag}={value!r} is not allowed: it must be true or false")
 
 
 def check_labels_needed(cfg: DictConfig, dataset_name: str) -> None:

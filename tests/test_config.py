@@ -1,6 +1,8 @@
 """config.py's checks in-process: the static ones on the composed config, and the ones that need the data."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -53,3 +55,14 @@ def test_the_studys_cnn_takes_18_to_33_pixels_and_says_so(side, accepted):
 
 def test_an_encoder_that_takes_any_size_takes_small_images():
     check_image_size(Encoder(ResNet18(in_channels=3)), images(1, 8, channels=3))
+
+
+def test_a_target_that_cannot_be_imported_or_a_flag_that_is_not_a_bool_is_refused_in_one_line():
+    validate(composed("loss._target_=cl_runner.losses.TripletMarginLoss"))
+    for override, message in [("loss._target_=cl_runner.losses.NoSuchLoss", "loss._target_='cl_runner.losses.NoSuchLoss'"
+                               " is not a class or function that can be imported"),
+                              ("aug._target_=0", "aug._target_=0 is not a class or function"),
+                              ("optimizer._partial_=0", "optimizer._partial_=0 is not allowed: it must be true or "
+                                                        "false")]:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            validate(composed(override))

@@ -43,7 +43,8 @@ def test_a_folder_held_by_a_live_process_is_refused_and_free_once_it_is_killed(t
 
 
 @pytest.mark.slow
-def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once(tmp_path, signum):
     args = ["-m", "dataset=digits", "loss=triplet", "aug=none", "epochs=4", "batch_size=64", "eval.tsne_points=0",
             "eval.protocols=[paper]", "seed=0,1,2,3", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
     sweep = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -69,7 +70,7 @@ def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     workers = {s["pid"] for s in now.values()}
-    sweep.send_signal(signal.SIGKILL)  # the sweep's own process only: its joblib workers are orphaned
+    sweep.send_signal(signum)  # the sweep's own process only (kill, timeout, a scheduler): its workers are orphaned
     sweep.wait()
     deadline = time.monotonic() + 60
     while any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read()

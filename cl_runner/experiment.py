@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         raise out_of_memory(err, cfg.batch_size, compute.device, run_dir / CHECKPOINT_FILE) from err
     except Exception as err:
         if distributed.lost_peer(err):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop for the survivors: it is stopping
             log.info("lost another process of the run: %s", err)
             raise distributed.PeerLost(f"another process of this {world.size}-process run ended while this one "
                                        f"waited for it; this one stops too. Continue from the last checkpoint "

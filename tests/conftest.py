@@ -131,3 +131,14 @@ def loss_before_and_after_sgd(loss, params: list[torch.Tensor], lr: float, steps
 
 
 TINY = ["dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=60", "log_every=2"]
+
+
+class Planted:
+    """Unpickling it would call Path.touch on `marker`: a file that runs code when read (a hostile checkpoint or
+    data file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)

@@ -10,17 +10,7 @@ import torch
 
 from cl_runner.checkpoint import load_payload
 from cl_runner.errors import UserError
-from conftest import TINY, run_main
-
-
-class Planted:
-    """Unpickling it would call Path.touch on `marker`: the shape of a checkpoint that runs code when loaded."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
+from conftest import TINY, Planted, run_main
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from cl_runner.data.datasets import (MNIST, MNIST_SAMPLE, MnistSample, read_cifar10, read_digits, read_mnist,
                                     read_mnist_sample, verify_md5)
 from cl_runner.errors import UserError
+from conftest import Planted
 
 
 def test_mnist_reader_gives_the_documented_first_labels(data_root):
@@ -75,18 +76,6 @@ def test_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
     (folder / "test_batch").write_bytes(pickle.dumps({"data": [1, 2, 3]})[:10])
     with pytest.raises(UserError, match="test_batch.*not a readable CIFAR-10 batch"):
         read_cifar10(tmp_path, "test")
-
-
-class Planted:
-    """Unpickling it would call Path.touch on `marker`: a data file that runs code when read."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return Path.touch, (self.marker,)
 
 
 def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):

@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules: LARS, weight decay on weights only, warm-up + cosine decay."""
 from __future__ import annotations
 
+import inspect
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -25,11 +27,37 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": excluded, "weight_decay": 0.0, "exclude_from_adaptation": True}]
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused optimizer kernels exist
+
+
+def make_optimizer(factory: partial, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimizer that `factory` (the config's partial) builds for the parameter `groups`, with fused steps (one
+    kernel for all parameters) where its class takes `fused` (torch's SGD, Adam) and every parameter is on a device
+    that has the kernels, unless the config sets `fused` or `foreach` itself. Loading a state dict (a checkpoint)
+    keeps the optimizer's own `fused` and `foreach`: how the step computes is this run's choice, not the saved
+    run's (a checkpoint from an unfused optimizer would otherwise unfuse it, which a GradScaler's step then
+    fails on, as it unscales inside fused steps only)."""
+    params = [param for group in groups for param in group["params"]]
+    fuse = (not {"fused", "foreach"} & factory.keywords.keys() and "fused" in inspect.signature(factory.func).parameters
+            and all(param.device.type in FUSED_DEVICES for param in params))
+    optimizer = factory(groups, fused=True) if fuse else factory(groups)
+    optimizer.register_load_state_dict_pre_hook(_keep_step_implementation)
+    return optimizer
+
+
+def _keep_step_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    groups = [{**saved, **{key: group[key] for key in ("fused", "foreach") if key in group}}
+              for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)]
+    return {**state_dict, "param_groups": groups}
+
+
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it (Chen et al. 2020, B.1): for each
     parameter w with gradient g, d = g + weight_decay * w, trust = eta * ||w|| / ||d||, v = momentum * v +
     lr * trust * d, w = w - v. Parameter groups with `exclude_from_adaptation` use trust = 1 (plain SGD with
-    momentum), as do parameters whose norm or update norm is zero."""
+    momentum), as do parameters whose norm or update norm is zero. A step is one foreach pass per parameter group
+    (torch._foreach_* over the group's parameters that have gradients, trust ratios as one tensor): no Python loop
+    over the update's arithmetic and no host sync."""
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 0.001, exclude_from_adaptation: bool = False):
@@ -45,20 +73,23 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                update = param.grad.add(param, alpha=group["weight_decay"])
-                if not group["exclude_from_adaptation"]:
-                    param_norm, update_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(update)
-                    trust = torch.where((param_norm > 0) & (update_norm > 0),
-                                        group["eta"] * param_norm / update_norm, torch.ones_like(param_norm))
-                    update = update.mul_(trust)
-                velocity = self.state[param].get("velocity")
-                if velocity is None:
-                    velocity = self.state[param]["velocity"] = torch.zeros_like(param)
-                velocity.mul_(group["momentum"]).add_(update, alpha=group["lr"])
-                param.sub_(velocity)
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            updates = torch._foreach_add([param.grad for param in params], params, alpha=group["weight_decay"])
+            if not group["exclude_from_adaptation"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                trust = torch.where((param_norms > 0) & (update_norms > 0),
+                                    group["eta"] * param_norms / update_norms, torch.ones_like(param_norms))
+                torch._foreach_mul_(updates, trust.unbind())
+            for param in params:
+                if "velocity" not in self.state[param]:
+                    self.state[param]["velocity"] = torch.zeros_like(param)
+            velocities = [self.state[param]["velocity"] for param in params]
+            torch._foreach_mul_(velocities, group["momentum"])
+            torch._foreach_add_(velocities, updates, alpha=group["lr"])
+            torch._foreach_sub_(params, velocities)
         return loss
 
 

@@ -22,7 +22,7 @@ from cl_runner.data.pairing import TupleSampler
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
-from cl_runner.optim import parameter_groups
+from cl_runner.optim import make_optimizer, parameter_groups
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import Compute, make_grad_scaler
 
@@ -82,7 +82,7 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
         if sync_bn:  # a predictor's batch norm
             loss_fn = distributed.sync_batch_norm(loss_fn, device)
         trained = nn.ModuleList([encoder, loss_fn])  # with the loss's own parameters (a predictor)
-        optimizer = instantiate(cfg.optimizer)(parameter_groups(trained, cfg.optimizer.weight_decay))
+        optimizer = make_optimizer(instantiate(cfg.optimizer), parameter_groups(trained, cfg.optimizer.weight_decay))
         schedule = instantiate(cfg.schedule)(optimizer, steps_per_epoch=math.ceil(sampler.tuples_per_epoch() /
                                              cfg.batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size)
     except ValueError as err:  # ours raise ConfigError (a ValueError); torch's optimizers a plain ValueError

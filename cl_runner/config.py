@@ -20,6 +20,7 @@ from cl_runner.errors import UserError
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import LR_SCALING
 from cl_runner.probes import SOLVERS
+from cl_runner.runtime import COMPILE_AUTO
 
 DEVICES = ("auto", "cpu", "cuda")
 TARGETED = ("dataset", "aug", "pairing", "loss", "encoder", "encoder.backbone", "optimizer", "schedule")
@@ -34,6 +35,10 @@ def _is_choice(value, options) -> bool:
     return isinstance(value, str) and value in options
 
 
+def _is_compile_choice(value) -> bool:
+    return isinstance(value, bool) or value == "auto"
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -45,7 +50,9 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: evaluate the untrained encoder)"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("channels_last", lambda v: isinstance(v, bool), "true or false"),
-    ("compile", lambda v: isinstance(v, bool), "true or false"),
+    ("compile", lambda v: _is_compile_choice(v) or (isinstance(v, dict) and set(v) == set(COMPILE_AUTO) and
+                                                 all(map(_is_compile_choice, v.values()))),
+     "auto, true or false: for every part, or for each of compile.batch and compile.encoder"),
     ("checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no checkpoints)"),
     ("resume", lambda v: v is None or isinstance(v, str), "null or the path of a run folder"),
     ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

@@ -24,7 +24,7 @@ from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.optim import make_optimizer, parameter_groups
 from cl_runner.randomness import TrainingStreams
-from cl_runner.runtime import Compute, make_grad_scaler
+from cl_runner.runtime import COMPILE_AUTO, Compute, compiles, make_grad_scaler
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,10 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     if sync_bn:
         encoder = distributed.sync_batch_norm(encoder, device)
     sampler = instantiate(cfg.pairing)
-    sampler.setup(train, instantiate(cfg.aug), streams)
+    compiled = {part for part in COMPILE_AUTO if compiles(cfg.compile, part, device)}
+    if train.images.device.type != device.type:  # the images stay in host memory: built batch by batch, eagerly
+        compiled.discard("batch")
+    sampler.setup(train, instantiate(cfg.aug), streams, compiled="batch" in compiled)
     loss_fn = instantiate(cfg.loss)
     try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here
         loss_fn.setup(encoder, cfg.batch_size)
@@ -90,7 +93,10 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, precision)
-    objective = Objective(torch.compile(encoder) if cfg.compile else encoder, loss_fn)  # same weights
+    objective = Objective(torch.compile(encoder) if "encoder" in compiled else encoder, loss_fn)  # same weights
+    if compiled:
+        log.info("compiled with torch.compile: the %s (the first steps wait for the compilation)",
+                 " and the ".join(sorted(compiled)))
     if world.is_distributed:  # its gradient buckets take the parameters' memory format: set it first
         objective.to(memory_format=Compute(channels_last=cfg.channels_last).memory_format)
         objective = torch.nn.parallel.DistributedDataParallel(objective)

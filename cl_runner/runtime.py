@@ -97,6 +97,20 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
+# The device types where compiling a part (torch.compile) measured faster, for compile=auto (README, Performance).
+# The batch builder: on an H200 building a batch cost twice the model step, as dozens of small kernels per view; on
+# CPU, compiled it was 3x faster for SimCLR's augmentation but 6x slower for the study's rotation (inductor's own
+# grid sampling) and costs 8-40 s of compilation, so only on CUDA. The encoder: no gain measured on CPU or the H200.
+COMPILE_AUTO = {"batch": ("cuda",), "encoder": ()}
+
+
+def compiles(setting, part: str, device: torch.device) -> bool:
+    """Whether to torch.compile `part` (a key of COMPILE_AUTO) on `device`; `setting` is the run's `compile`: one
+    choice for every part or one per part, each auto, true or false."""
+    choice = setting[part] if isinstance(setting, (dict, DictConfig)) else setting
+    return device.type in COMPILE_AUTO[part] if choice == "auto" else bool(choice)
+
+
 def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling for fp16 autocast on CUDA only; a pass-through otherwise."""
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")

@@ -100,7 +100,7 @@ def test_pad_rotate_scale_draws_angles_uniformly():
     aug = A.PadRotateScale(max_degrees=15.0)
     x = A.to_unit(digits(1)).expand(400, -1, -1, -1)
     g = seeded(3)
-    drawn = A.uniform(400, -15.0, 15.0, g, torch.device("cpu"))
+    drawn = A.scaled(torch.rand(400, generator=g), -15.0, 15.0)
     assert torch.allclose(aug(digits(1).expand(400, -1, -1, -1), seeded(3)), aug.rotate_and_scale(x, drawn))
     assert drawn.min() >= -15 and drawn.max() <= 15 and abs(drawn.mean()) < 1.5
 
@@ -117,7 +117,7 @@ def test_crop_resize_flip_equals_torchvision(box):
 
 def test_crop_boxes_follow_torchvisions_distribution():
     n = 20000
-    ours = A.SimCLRAugment().crop_boxes(n, 32, 32, seeded(0), torch.device("cpu")).numpy()
+    ours = A.SimCLRAugment().draw(n, (32, 32), seeded(0), torch.device("cpu"))["boxes"].numpy()
     torch.manual_seed(0)
     crop = transforms.RandomResizedCrop(32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     ref = np.array([crop.get_params(torch.empty(1, 32, 32), crop.scale, crop.ratio) for _ in range(n)], float)
@@ -169,7 +169,8 @@ def test_colour_ops_equal_torchvision(name, factor):
 def test_color_jitter_equals_torchvision_in_the_drawn_order(sync_free):
     aug = A.SimCLRAugment()
     x = A.to_unit(images(3, n=64, side=8))
-    applied, factors, order = aug.jitter_params(64, seeded(4), torch.device("cpu"))
+    params = aug.draw(64, (8, 8), seeded(4), torch.device("cpu"))
+    applied, factors, order = params["jitter_applied"], params["jitter_factors"], params["jitter_order"]
     ours = A.apply_color_jitter(x, applied, factors, order, sync_free=sync_free)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i in range(64):
@@ -216,7 +217,7 @@ def test_hue_of_gray_pixels_is_left_alone_and_a_half_turn_maps_red_to_cyan():
 def test_color_strength_scales_every_jitter_amount():
     half = A.SimCLRAugment(color_strength=0.5)
     assert (half.brightness, half.contrast, half.saturation, half.hue) == pytest.approx((0.4, 0.4, 0.4, 0.1))
-    _, factors, _ = half.jitter_params(2000, seeded(0), torch.device("cpu"))
+    factors = half.draw(2000, (32, 32), seeded(0), torch.device("cpu"))["jitter_factors"]
     assert factors[:, :3].min() >= 0.6 and factors[:, :3].max() <= 1.4 and factors[:, 3].abs().max() <= 0.1
     with pytest.raises(ValueError, match="hue"):
         A.SimCLRAugment(color_strength=3.0)  # hue 0.6 > 0.5

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from cl_runner.errors import ConfigError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+CROP_ATTEMPTS = 10  # RandomResizedCrop's tries at a box that fits before its central fallback
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -32,8 +33,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.mul(2.0).sub_(1.0)
 
 
-def uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device).mul_(high - low).add_(low)
+def scaled(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """U[0, 1) draws `u` moved to U[low, high)."""
+    return u.mul(high - low).add_(low)
 
 
 def pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -77,16 +79,27 @@ def rows_of(params: Params, rows: slice | torch.Tensor) -> Params:
 
 
 class Augment(ABC):
-    """Base of the augmentations: `draw` the per-sample parameters of n images of size (height, width), then
-    `apply` them to uint8 images; calling the object does both."""
+    """Base of the augmentations. Parameters come in two steps: `uniforms`, the stream's draws for n images (raw
+    U[0, 1) tensors whose shapes depend on n only), then `params`, the per-sample parameters computed from them
+    (tensor arithmetic only, no generator: the part of building a batch that `torch.compile` can fuse); `apply`
+    uses them on uint8 images. `draw` does the first two; calling the object does all three."""
+
+    def uniforms(self, n: int, generator: torch.Generator, device: torch.device) -> Params:
+        """The draws for n images, every one from `generator` in a fixed order (none by default)."""
+        return {}
+
+    def params(self, uniforms: Params, size: tuple[int, int]) -> Params:
+        """Per-sample parameters of images of `size` (height, width) from their `uniforms` (none by default)."""
+        return {}
 
     @abstractmethod
+    def apply(self, images: torch.Tensor, params: Params, sync_free: bool | None = None) -> torch.Tensor:
+        """uint8 images [B, C, H, W] -> float views in [0, 1], with the parameters of these B images. `sync_free`:
+        no data-dependent shapes (default: on an accelerator), as a compiled batch builder needs."""
+
     def draw(self, n: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params:
-        """Per-sample parameters of n images, every one drawn from `generator` in a fixed order."""
-
-    @abstractmethod
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """uint8 images [B, C, H, W] -> float views in [0, 1], with the parameters of these B images."""
+        """Per-sample parameters of n images of `size`, drawn from `generator`."""
+        return self.params(self.uniforms(n, generator, device), size)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.draw(len(images), images.shape[-2:], generator, images.device))
@@ -95,10 +108,7 @@ class Augment(ABC):
 class NoAugment(Augment):
     """The positive is the clean image: only the conversion to [0, 1] (normalization comes after)."""
 
-    def draw(self, n, size, generator, device) -> Params:
-        return {}
-
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: Params, sync_free: bool | None = None) -> torch.Tensor:
         return to_unit(images)
 
 
@@ -116,10 +126,13 @@ class PadRotateScale(Augment):
         self.max_degrees = max_degrees
         self.crop_ratio = crop_ratio
 
-    def draw(self, n, size, generator, device) -> Params:
-        return {"degrees": uniform(n, -self.max_degrees, self.max_degrees, generator, device)}
+    def uniforms(self, n, generator, device) -> Params:
+        return {"degrees": torch.rand(n, generator=generator, device=device)}
 
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def params(self, uniforms, size) -> Params:
+        return {"degrees": scaled(uniforms["degrees"], -self.max_degrees, self.max_degrees)}
+
+    def apply(self, images: torch.Tensor, params: Params, sync_free: bool | None = None) -> torch.Tensor:
         return self.rotate_and_scale(to_unit(images), params["degrees"])
 
     def rotate_and_scale(self, images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -156,33 +169,46 @@ class SimCLRAugment(Augment):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.blur_kernel, self.blur_sigma = blur_kernel, tuple(blur_sigma)
 
-    def draw(self, n, size, generator, device) -> Params:
-        """In torchvision's order of the steps: crop box, flip, jitter (applied, factors, order), grayscale,
-        blur sigma."""
-        boxes = self.crop_boxes(n, *size, generator, device)
-        flips = torch.rand(n, generator=generator, device=device) < self.flip_p
-        jitter_applied, jitter_factors, jitter_order = self.jitter_params(n, generator, device)
-        grayscale_picked = torch.rand(n, generator=generator, device=device) < self.grayscale_p
-        sigma = uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, device)
-        return {"boxes": boxes, "flips": flips, "jitter_applied": jitter_applied, "jitter_factors": jitter_factors,
-                "jitter_order": jitter_order, "grayscale": grayscale_picked, "sigma": sigma}
+    def uniforms(self, n, generator, device) -> Params:
+        """In torchvision's order of the steps: crop box (area and aspect of `CROP_ATTEMPTS` tries, then the
+        position), flip, jitter (applied, the four factors, the order), grayscale, blur sigma."""
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, device=device)
+        return {"area": rand(n * CROP_ATTEMPTS), "aspect": rand(n * CROP_ATTEMPTS), "position": rand(n, 2),
+                "flip": rand(n), "jitter": rand(n), "brightness": rand(n), "contrast": rand(n),
+                "saturation": rand(n), "hue": rand(n), "order": rand(n, 4), "grayscale": rand(n), "sigma": rand(n)}
 
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def params(self, uniforms, size) -> Params:
+        u = uniforms
+        factors = torch.stack([scaled(u["brightness"], max(0.0, 1 - self.brightness), 1 + self.brightness),
+                               scaled(u["contrast"], max(0.0, 1 - self.contrast), 1 + self.contrast),
+                               scaled(u["saturation"], max(0.0, 1 - self.saturation), 1 + self.saturation),
+                               scaled(u["hue"], -self.hue, self.hue)], dim=1)
+        return {"boxes": self.crop_boxes(u["area"], u["aspect"], u["position"], *size),
+                "flips": u["flip"] < self.flip_p, "jitter_applied": u["jitter"] < self.jitter_p,
+                "jitter_factors": factors,
+                "jitter_order": torch.argsort(u["order"], dim=1),  # a random permutation, as ColorJitter draws
+                "grayscale": u["grayscale"] < self.grayscale_p,
+                "sigma": scaled(u["sigma"], self.blur_sigma[0], self.blur_sigma[1])}
+
+    def apply(self, images: torch.Tensor, params: Params, sync_free: bool | None = None) -> torch.Tensor:
         x = crop_resize_flip(to_unit(images), params["boxes"], params["flips"])
-        x = apply_color_jitter(x, params["jitter_applied"], params["jitter_factors"], params["jitter_order"])
+        x = apply_color_jitter(x, params["jitter_applied"], params["jitter_factors"], params["jitter_order"],
+                               sync_free)
         if x.shape[1] == 3:  # one-channel images are their own grayscale
             x = torch.lerp(x, grayscale(x).expand_as(x), _per_sample(params["grayscale"].to(x.dtype)))
         return gaussian_blur(x, self.blur_kernel, params["sigma"])
 
-    def crop_boxes(self, n: int, height: int, width: int, generator: torch.Generator,
-                   device: torch.device, attempts: int = 10) -> torch.Tensor:
-        """RandomResizedCrop.get_params for a batch: per sample, the first of `attempts` draws of
-        (area fraction, log-uniform aspect ratio) whose box fits; else the central box of the clamped ratio.
+    def crop_boxes(self, area_u: torch.Tensor, aspect_u: torch.Tensor, position_u: torch.Tensor, height: int,
+                   width: int) -> torch.Tensor:
+        """RandomResizedCrop.get_params for a batch of n: per sample, the first of `CROP_ATTEMPTS` tries of
+        (area fraction, log-uniform aspect ratio), from the draws `area_u` and `aspect_u` [n * attempts], whose
+        box fits; else the central box of the clamped ratio; placed by `position_u` [n, 2].
         Returns [n, 4] float (top, left, h, w) in pixels."""
-        area = height * width
-        scale = uniform(n * attempts, *self.crop_scale, generator, device).view(n, attempts) * area
+        n = len(position_u)
+        scale = scaled(area_u, *self.crop_scale).view(n, CROP_ATTEMPTS) * (height * width)
         log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        aspect = torch.exp(uniform(n * attempts, log_lo, log_hi, generator, device)).view(n, attempts)
+        aspect = torch.exp(scaled(aspect_u, log_lo, log_hi)).view(n, CROP_ATTEMPTS)
         w = torch.sqrt(scale * aspect).round()
         h = torch.sqrt(scale / aspect).round()
         fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -192,9 +218,8 @@ class SimCLRAugment(Augment):
         fallback_h, fallback_w = self._fallback_box(height, width)
         h = torch.where(found, h, torch.full_like(h, fallback_h))
         w = torch.where(found, w, torch.full_like(w, fallback_w))
-        u = torch.rand(n, 2, generator=generator, device=device)
-        top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
-        left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+        top = torch.where(found, torch.floor(position_u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+        left = torch.where(found, torch.floor(position_u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
         return torch.stack([top, left, h, w], dim=1)
 
     def _fallback_box(self, height: int, width: int) -> tuple[int, int]:
@@ -204,19 +229,6 @@ class SimCLRAugment(Augment):
         if in_ratio > self.crop_ratio[1]:
             return height, int(round(height * self.crop_ratio[1]))
         return height, width
-
-    def jitter_params(self, n: int, generator: torch.Generator, device: torch.device):
-        """Per sample: applied? [n] bool; (brightness, contrast, saturation, hue) factors [n, 4]; the order
-        of the four operations [n, 4] (a random permutation, as torchvision's ColorJitter draws)."""
-        applied = torch.rand(n, generator=generator, device=device) < self.jitter_p
-        factors = torch.stack([
-            uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, generator, device),
-            uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, generator, device),
-            uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, generator, device),
-            uniform(n, -self.hue, self.hue, generator, device),
-        ], dim=1)
-        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
-        return applied, factors, order
 
 
 def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

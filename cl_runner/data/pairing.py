@@ -37,10 +37,13 @@ class LabelAwareNegatives:
 
     def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices [B] of negatives for the images `anchors`, never of an anchor's class."""
+        return self.pick(anchors, torch.rand(len(anchors), generator=generator, device=anchors.device))
+
+    def pick(self, anchors: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """`sample` from the draws `u` [B] in [0, 1)."""
         anchor_labels = self.labels[anchors]
         own = self.counts[anchor_labels]
         others = len(self.order) - own
-        u = torch.rand(len(anchors), generator=generator, device=anchors.device)
         pos = torch.minimum((u * others).long(), others - 1)
         pos = pos + (pos >= self.starts[anchor_labels]).long() * own  # skip the anchor's class block
         return self.order[pos]
@@ -57,12 +60,18 @@ class RandomNegatives:
 
     def sample(self, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices [B] of negatives for the images `anchors`, never the anchor itself."""
-        u = torch.rand(len(anchors), generator=generator, device=anchors.device)
+        return self.pick(anchors, torch.rand(len(anchors), generator=generator, device=anchors.device))
+
+    def pick(self, anchors: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """`sample` from the draws `u` [B] in [0, 1)."""
         pos = (u * (self.size - 1)).long().clamp_max_(self.size - 2)
         return pos + (pos >= anchors).long()  # skip the anchor's own index
 
 
 NEGATIVES = ("label_aware", "random")
+
+
+Draws = dict  # one batch's draws from the training streams, by role: an augmentation's uniforms, negatives' [B]
 
 
 class TupleSampler(ABC):
@@ -72,7 +81,12 @@ class TupleSampler(ABC):
     stored it) and reuse it every epoch, as the study's code did; otherwise a fresh draw every step.
     negatives: `label_aware` (another class) or `random` (any other image).
     augment_anchor: the anchor is an augmented view too (its own draw), as in SimCLR and BYOL.
-    On an accelerator (`sync_free`, set by `setup` from the data's device) batches are built without host syncs.
+
+    A batch is built in two steps: `draws`, every random number it needs, taken from the streams in a fixed order
+    (a few generator calls), then `inputs`, which turns the tuple ids and the draws into model inputs: tensor
+    arithmetic and indexing only, so that `torch.compile` can fuse it into a few kernels for a fixed batch shape
+    (`setup(compiled=True)`; generators stay outside the compiled function, so the streams are the same either
+    way). On an accelerator, or compiled, batches are built `sync_free`: no data-dependent shapes, no host syncs.
     """
 
     name = ""
@@ -83,9 +97,11 @@ class TupleSampler(ABC):
             raise ConfigError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
         self.fixed_views, self.negative_kind, self.augment_anchor = fixed_views, negatives, augment_anchor
 
-    def setup(self, train: ImageSet, augment, streams: TrainingStreams, chunk: int = 4096) -> None:
+    def setup(self, train: ImageSet, augment, streams: TrainingStreams, compiled: bool = False,
+              chunk: int = 4096) -> None:
         self.train, self.augment = train, augment
-        self.sync_free = train.images.device.type != "cpu"  # on an accelerator: no data-dependent shapes
+        self.sync_free = compiled or train.images.device.type != "cpu"
+        self.build = torch.compile(self.inputs, fullgraph=True, dynamic=False) if compiled else self.inputs
         self.negatives = (LabelAwareNegatives(train.labels) if self.negative_kind == "label_aware"
                           else RandomNegatives(len(train)))
         self.stored_views = None
@@ -99,35 +115,63 @@ class TupleSampler(ABC):
     def tuples_per_epoch(self) -> int:
         """How many tuples one epoch visits."""
 
-    @abstractmethod
     def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
         """The stacked model inputs of the tuples `ids` (a slice of this epoch's permutation), or of this
         process's `rows` of them (a distributed run); views draw from `streams.augment`, negatives from
         `streams.negatives`, both for all of `ids`."""
+        images, target, labels = self.build(ids, self.draws(ids, streams), rows or slice(0, len(ids)))
+        return TupleBatch(images, self.views, target, labels)
 
-    def augmented(self, anchors: torch.Tensor, generator: torch.Generator, rows: slice | torch.Tensor) -> torch.Tensor:
-        """Fresh augmented views in [0, 1] of the images `anchors[rows]`, their parameters drawn for all `anchors`."""
-        params = self.augment.draw(len(anchors), self.train.images.shape[-2:], generator, anchors.device)
-        return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows))
+    @abstractmethod
+    def draws(self, ids: torch.Tensor, streams: TrainingStreams) -> Draws:
+        """Every random number the batch of tuples `ids` needs, drawn for all of them in a fixed order."""
 
-    def positive_views(self, anchors: torch.Tensor, generator: torch.Generator,
-                       rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    @abstractmethod
+    def inputs(self, ids: torch.Tensor, draws: Draws, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                          torch.Tensor | None]:
+        """The `rows` of the batch of `ids` from its `draws`: normalized images stacked by view, the target
+        (pairs) and the labels (label-aware multi-view), without a generator."""
+
+    def view_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The draws of n freshly augmented views."""
+        return self.augment.uniforms(n, generator, generator.device)
+
+    def anchor_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+        """The anchors' draws: none for clean anchors."""
+        return self.view_draws(n, generator) if self.augment_anchor else None
+
+    def positive_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+        """The positives' draws: none with fixed views."""
+        return None if self.stored_views is not None else self.view_draws(n, generator)
+
+    def augmented(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor],
+                  rows: slice | torch.Tensor) -> torch.Tensor:
+        """Augmented views in [0, 1] of the images `anchors[rows]`, their draws `uniforms` made for all `anchors`."""
+        params = self.augment.params(uniforms, self.train.images.shape[-2:])
+        return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows), self.sync_free)
+
+    def positive_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
+                       rows: slice | torch.Tensor) -> torch.Tensor:
         """Augmented views in [0, 1] of the images `anchors[rows]`: the stored ones with `fixed_views`."""
-        if self.stored_views is not None:
+        if uniforms is None:
             return to_unit(self.stored_views.index_select(0, anchors[rows]))
-        return self.augmented(anchors, generator, rows)
+        return self.augmented(anchors, uniforms, rows)
 
-    def anchor_views(self, anchors: torch.Tensor, generator: torch.Generator,
-                     rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def anchor_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
+                     rows: slice | torch.Tensor) -> torch.Tensor:
         """The anchors `anchors[rows]` in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
-        if self.augment_anchor:
-            return self.augmented(anchors, generator, rows)
-        return to_unit(self.train.take(anchors[rows]))
+        if uniforms is None:
+            return to_unit(self.train.take(anchors[rows]))
+        return self.augmented(anchors, uniforms, rows)
 
-    def negative_images(self, anchors: torch.Tensor, generator: torch.Generator,
-                        rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Negatives in [0, 1] for `anchors[rows]`, drawn for all `anchors`."""
-        return to_unit(self.train.take(self.negatives.sample(anchors, generator)[rows]))
+    def negative_images(self, anchors: torch.Tensor, u: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Negatives in [0, 1] for `anchors[rows]`, from the draws `u` made for all `anchors`."""
+        return to_unit(self.train.take(self.negatives.pick(anchors, u)[rows]))
+
+
+def negative_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The draws of n negatives."""
+    return torch.rand(n, generator=generator, device=generator.device)
 
 
 class TripletSampler(TupleSampler):
@@ -139,17 +183,23 @@ class TripletSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
-        rows = rows or slice(0, len(ids))
-        stacked = torch.cat([self.anchor_views(ids, streams.augment, rows),
-                             self.positive_views(ids, streams.augment, rows),
-                             self.negative_images(ids, streams.negatives, rows)])
-        return TupleBatch(normalize(stacked), views=3)
+    def draws(self, ids, streams) -> Draws:
+        n = len(ids)
+        return {"anchor": self.anchor_draws(n, streams.augment), "positive": self.positive_draws(n, streams.augment),
+                "negative": negative_draws(n, streams.negatives)}
+
+    def inputs(self, ids, draws, rows):
+        stacked = torch.cat([self.anchor_views(ids, draws["anchor"], rows),
+                             self.positive_views(ids, draws["positive"], rows),
+                             self.negative_images(ids, draws["negative"], rows)])
+        return normalize(stacked), None, None
 
 
 class PairSampler(TupleSampler):
     """Pairs (anchor, second, target): tuple id i < N is image i with its positive view (+1), id N + i is
-    image i with a negative (-1), so an epoch holds both pairs of every image, shuffled together."""
+    image i with a negative (-1), so an epoch holds both pairs of every image, shuffled together. `sync_free`:
+    a positive view and a negative are made for every pair and the target picks; otherwise only the images each
+    pair needs (drawn for all the batch's positives, and for all its negatives)."""
 
     name = "pair"
     views = 2
@@ -157,25 +207,30 @@ class PairSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return 2 * len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
-        rows = rows or slice(0, len(ids))
+    def draws(self, ids, streams) -> Draws:
+        positives = len(ids) if self.sync_free else int((ids < len(self.train)).sum())
+        return {"anchor": self.anchor_draws(len(ids), streams.augment),
+                "positive": self.positive_draws(positives, streams.augment),
+                "negative": negative_draws(len(ids) if self.sync_free else len(ids) - positives, streams.negatives)}
+
+    def inputs(self, ids, draws, rows):
         n = len(self.train)
         anchor_ids = ids % n
         is_positive = ids < n
-        anchors = self.anchor_views(anchor_ids, streams.augment, rows)
-        if self.sync_free:  # a positive view and a negative for every pair, the target picks: no host sync
+        anchors = self.anchor_views(anchor_ids, draws["anchor"], rows)
+        if self.sync_free:
             second = torch.where(is_positive[rows].view(-1, 1, 1, 1),
-                                 self.positive_views(anchor_ids, streams.augment, rows),
-                                 self.negative_images(anchor_ids, streams.negatives, rows))
-        else:  # only the images each pair needs (drawn for all the batch's positives, and negatives)
+                                 self.positive_views(anchor_ids, draws["positive"], rows),
+                                 self.negative_images(anchor_ids, draws["negative"], rows))
+        else:
             second = torch.empty_like(anchors)
-            for picked, make, generator in ((is_positive, self.positive_views, streams.augment),
-                                            (~is_positive, self.negative_images, streams.negatives)):
+            for picked, make, drawn in ((is_positive, self.positive_views, draws["positive"]),
+                                        (~is_positive, self.negative_images, draws["negative"])):
                 where = torch.nonzero(picked).squeeze(1)  # the global batch's pairs of this kind
                 mine = torch.nonzero((where >= rows.start) & (where < rows.stop)).squeeze(1)
-                second.index_copy_(0, where[mine] - rows.start, make(anchor_ids[where], generator, mine))
+                second.index_copy_(0, where[mine] - rows.start, make(anchor_ids[where], drawn, mine))
         target = is_positive[rows].float() * 2 - 1
-        return TupleBatch(normalize(torch.cat([anchors, second])), views=2, target=target)
+        return normalize(torch.cat([anchors, second])), target, None
 
 
 class MultiViewSampler(TupleSampler):
@@ -197,9 +252,13 @@ class MultiViewSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
-    def batch(self, ids: torch.Tensor, streams: TrainingStreams, rows: slice | None = None) -> TupleBatch:
-        rows = rows or slice(0, len(ids))
-        first = self.anchor_views(ids, streams.augment, rows)  # a clean first view unless augment_anchor
-        others = [self.positive_views(ids, streams.augment, rows) for _ in range(self.views - 1)]
+    def draws(self, ids, streams) -> Draws:
+        n = len(ids)
+        return {"first": self.anchor_draws(n, streams.augment),  # a clean first view unless augment_anchor
+                "others": [self.positive_draws(n, streams.augment) for _ in range(self.views - 1)]}
+
+    def inputs(self, ids, draws, rows):
+        first = self.anchor_views(ids, draws["first"], rows)
+        others = [self.positive_views(ids, drawn, rows) for drawn in draws["others"]]
         labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None
-        return TupleBatch(normalize(torch.cat([first, *others])), views=self.views, labels=labels)
+        return normalize(torch.cat([first, *others])), None, labels

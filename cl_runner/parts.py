@@ -24,7 +24,7 @@ from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.optim import make_optimizer, parameter_groups
 from cl_runner.randomness import TrainingStreams
-from cl_runner.runtime import COMPILE_AUTO, Compute, compiles, make_grad_scaler
+from cl_runner.runtime import COMPILE_AUTO, Compute, choose_fastest_kernels, compiles, make_grad_scaler
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     """The encoder, loss, sampler, optimizer, schedule and checkpointer of a run; in a distributed run with
     batch norm over the global batch (distributed.sync_bn) and the objective in DistributedDataParallel."""
     streams = TrainingStreams.from_seed(cfg.seed, device)
+    choose_fastest_kernels(device)
     encoder = build_encoder(cfg, train.images.shape[1], device)
     check_image_size(encoder, train)
     sync_bn = world.is_distributed and cfg.distributed.sync_bn

@@ -29,6 +29,14 @@ def resolve_device(name: str, distributed: bool = False) -> torch.device:
     return device
 
 
+def choose_fastest_kernels(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+    (torch.backends.cudnn.benchmark): a run's shapes are fixed (an epoch's smaller last batch adds one), so it
+    pays once. Like cuDNN's default choice, the chosen algorithms need not be bitwise deterministic."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model and core count (from /proc/cpuinfo where there is one)."""
     if device.type == "cuda":

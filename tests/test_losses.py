@@ -282,3 +282,16 @@ def test_imix_decreases_under_sgd():
     loss_fn = IMixLoss()
     first, last = loss_before_and_after_sgd(lambda: loss_fn(z, 0.7, permutation), [z], lr=0.05)
     assert last < first
+
+
+def test_ntxent_builds_its_masks_once_per_batch_shape_and_gives_the_same_loss():
+    loss = NTXentLoss(temperature=0.5)
+    z = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
+    first, again = loss(z), loss(z)
+    assert torch.equal(first, again) and len(loss.instance_masks) == 1
+    masks = loss.masks(2, 6, None, z.device)
+    assert all(a is b for a, b in zip(masks, loss.masks(2, 6, None, z.device)))  # the cached tensors
+    assert all(torch.equal(a, b) for a, b in zip(masks, NTXentLoss.masks_of(2, 6, None, z.device)))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss(z, labels=labels)  # label-aware masks change with every batch: never cached
+    assert len(loss.instance_masks) == 1

@@ -23,7 +23,8 @@ def multi_positive_contrastive(z: torch.Tensor, positives: torch.Tensor, negativ
     logits = logits.masked_fill(~(positives | negatives), float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     per_anchor = -(log_prob.masked_fill(~positives, 0.0)).sum(dim=1) / positives.sum(dim=1).clamp_min(1)
-    return per_anchor[positives.any(dim=1)].mean()
+    has_positive = positives.any(dim=1)  # a mean over these anchors, without a boolean index (a host sync on a GPU)
+    return per_anchor.masked_fill(~has_positive, 0.0).sum() / has_positive.sum()
 
 
 def _same(ids: torch.Tensor) -> torch.Tensor:
@@ -63,8 +64,18 @@ class NTXentLoss(_InBatchContrastive):
 
     def __init__(self, temperature: float = 0.5):
         super().__init__(temperature)
+        self.instance_masks = {}  # (views, tuples, device) -> masks without labels: the same at every step
 
     def masks(self, views, tuples, labels, device):
+        if labels is None:
+            key = (views, tuples, device)
+            if key not in self.instance_masks:
+                self.instance_masks[key] = self.masks_of(views, tuples, None, device)
+            return self.instance_masks[key]
+        return self.masks_of(views, tuples, labels, device)
+
+    @staticmethod
+    def masks_of(views, tuples, labels, device):
         instance = torch.arange(tuples, device=device).repeat(views)
         positives = _same(instance)
         negatives = ~positives & ~torch.eye(len(instance), dtype=torch.bool, device=device)

@@ -7,9 +7,11 @@
 (c) cl-runner: the real training loop (sampling, batched augmentation on the device, forward, backward, step).
 
 Prints a table and one JSON line with the three figures and the ratios c/a and c/b. Compare ratios, not absolute
-times: machines are noisy. Example (the study's CIFAR-10 setting):
+times: machines are noisy. `--compile-batch` and `--compile-encoder` are cl-run's compile.batch and
+compile.encoder (auto: as cl-run decides on this device). Examples (the study's CIFAR-10 setting; SimCLR's):
 
     python scripts/bench_pipeline.py --dataset cifar10 --aug simclr --loss triplet --batch-size 1024
+    python scripts/bench_pipeline.py --dataset cifar10 --aug simclr --loss ntxent --encoder resnet18 --optimizer lars
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from cl_runner.data.datasets import ImageSet
 from cl_runner.batch import TupleBatch
 from cl_runner.randomness import TrainingStreams
 from cl_runner.parts import Objective, TrainingParts
-from cl_runner.runtime import (Compute, device_name, make_grad_scaler, resolve_device, resolve_precision,
+from cl_runner.optim import make_optimizer, parameter_groups
+from cl_runner.runtime import (Compute, compiles, device_name, make_grad_scaler, resolve_device, resolve_precision,
                                retain_freed_memory)
 from cl_runner.train import LoopSettings, pretrain, train_step
 
@@ -57,7 +60,8 @@ def study_transform(aug: str, side: int, channels: int) -> transforms.Compose:
 
 class StudyTuples(Dataset):
     """Tuples as the study built them: PIL images, the positive augmented per image, a negative of another
-    class drawn from per-class index lists. Pairs: item i < N is (x_i, view, +1), item N + i is (x_i, neg, -1)."""
+    class drawn from per-class index lists. Pairs: item i < N is (x_i, view, +1), item N + i is (x_i, neg, -1).
+    Multi-view (SimCLR's usual DataLoader): two augmented views of image i."""
 
     def __init__(self, data: ImageSet, aug: str, pairing: str):
         array = data.images.cpu().numpy()
@@ -82,6 +86,8 @@ class StudyTuples(Dataset):
         anchor = self.clean(self.images[i])
         if self.pairing == "triplet":
             return anchor, self.augment(self.images[i]), self.negative(i)
+        if self.pairing == "multiview":
+            return self.augment(self.images[i]), self.augment(self.images[i])
         if item < n:
             return anchor, self.augment(self.images[i]), torch.tensor(1.0)
         return anchor, self.negative(i), torch.tensor(-1.0)
@@ -89,8 +95,8 @@ class StudyTuples(Dataset):
 
 def study_batches(loader: DataLoader, pairing: str, device: torch.device):
     for parts in loader:
-        if pairing == "triplet":
-            yield TupleBatch(torch.cat(parts).to(device, non_blocking=True), views=3)
+        if pairing in ("triplet", "multiview"):
+            yield TupleBatch(torch.cat(parts).to(device, non_blocking=True), views=len(parts))
         else:
             yield TupleBatch(torch.cat(parts[:2]).to(device, non_blocking=True), views=2, target=parts[2].to(device))
 
@@ -100,7 +106,7 @@ def compose_config(args):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         root = [f"dataset.root={args.data_root}"] if args.dataset in ("mnist", "cifar10") else []
         return compose("config", overrides=[f"dataset={args.dataset}", f"aug={args.aug}", f"loss={args.loss}",
-                                            f"encoder={args.encoder}", *root])
+                                            f"encoder={args.encoder}", f"optimizer={args.optimizer}", *root])
 
 
 def time_steps(batches, step, steps: int, warmup: int, device: torch.device) -> float:
@@ -121,8 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="cifar10", choices=["digits", "mnist", "cifar10"])
     parser.add_argument("--aug", default="simclr", choices=["none", "guo", "simclr"])
-    parser.add_argument("--loss", default="triplet", choices=["triplet", "cosine_embedding"])
+    parser.add_argument("--loss", default="triplet", choices=["triplet", "cosine_embedding", "ntxent"])
     parser.add_argument("--encoder", default="pami_cnn")
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "lars", "adam"], help="as cl-run's, fused alike")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -131,7 +138,10 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="as cl-run's precision: auto is bf16 on CUDA and on CPUs with native bf16")
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (b) and (c)")
+    parser.add_argument("--compile-batch", default="auto", choices=["auto", "true", "false"],
+                        help="torch.compile the batch builder in (c), as cl-run's compile.batch")
+    parser.add_argument("--compile-encoder", default="auto", choices=["auto", "true", "false"],
+                        help="torch.compile the encoder in (b) and (c), as cl-run's compile.encoder")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of unmapping large freed blocks (cl-run retains them)")
     parser.add_argument("--data-root", default=os.environ.get("CL_DATA_ROOT", "data"))
@@ -143,7 +153,7 @@ def main() -> None:
     cfg = compose_config(args)
     pairing = instantiate(cfg.pairing).name
     torch.manual_seed(0)
-    tuples_per_image = 1 if pairing == "triplet" else 2  # a pair epoch holds two tuples per image
+    tuples_per_image = 2 if pairing == "pair" else 1  # a pair epoch holds two tuples per image
     needed = math.ceil((args.steps + args.warmup) * args.batch_size / tuples_per_image)
     train = instantiate(cfg.dataset).load().train
     if needed > len(train):
@@ -152,14 +162,22 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     compute = Compute(device, precision, channels_last=args.memory_format == "channels_last")
     memory_format = compute.memory_format
-    views = 3 if pairing == "triplet" else 2
+    views = instantiate(cfg.pairing).views
+    compiled = {part: compiles({"auto": "auto", "true": True, "false": False}[choice], part, device)
+                for part, choice in (("batch", args.compile_batch), ("encoder", args.compile_encoder))}
 
-    def fresh_model(compiled: bool = False):
+    def fresh_model(compiled_encoder: bool = False):
+        """The encoder, the loss (with its own parameters, if any) and the config's optimizer, as cl-run builds
+        them (fused where cl-run fuses)."""
         encoder = instantiate(cfg.encoder, backbone={"in_channels": train.images.shape[1]})
         encoder = encoder.to(device, memory_format=memory_format)
-        optimizer = torch.optim.SGD(encoder.parameters(), lr=0.05)
-        model = torch.compile(encoder) if compiled else encoder
-        return Objective(model, instantiate(cfg.loss)), optimizer, make_grad_scaler(device, precision)
+        loss_fn = instantiate(cfg.loss)
+        loss_fn.setup(encoder, args.batch_size)
+        loss_fn.to(device, memory_format=memory_format)
+        groups = parameter_groups(torch.nn.ModuleList([encoder, loss_fn]), cfg.optimizer.weight_decay)
+        optimizer = make_optimizer(instantiate(cfg.optimizer), groups)
+        model = torch.compile(encoder) if compiled_encoder else encoder
+        return Objective(model, loss_fn), optimizer, make_grad_scaler(device, precision)
 
     def model_step(parts):
         def step(batch):
@@ -175,11 +193,12 @@ def main() -> None:
 
     # (b) the floor: the model step on ready tensors (the same data, tuples prepared before timing)
     ready = prepared_batches(cfg, train.to(device), args, device)
-    floor_seconds = time_steps(iter(ready), model_step(fresh_model(args.compile)), args.steps, args.warmup, device)
+    floor_seconds = time_steps(iter(ready), model_step(fresh_model(compiled["encoder"])), args.steps, args.warmup,
+                               device)
 
     # (c) cl-runner's training loop, as `cl-run` runs it (one epoch over exactly warmup + steps batches)
-    runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(args.compile), args, device, precision,
-                                    memory_format == torch.channels_last)
+    runner_seconds = time_cl_runner(cfg, train.to(device), fresh_model(compiled["encoder"]), args, device, precision,
+                                    memory_format == torch.channels_last, compiled["batch"])
 
     steps = args.steps
     figures = {"study_tuples_per_s": steps * args.batch_size / study_seconds,
@@ -192,7 +211,8 @@ def main() -> None:
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
                "workers": args.workers, "precision": precision, "memory_format": args.memory_format,
-               "compile": args.compile, "system_malloc": args.system_malloc,
+               "compile_batch": compiled["batch"], "compile_encoder": compiled["encoder"],
+               "optimizer": args.optimizer, "system_malloc": args.system_malloc,
                "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     print_table(figures, setting)
@@ -210,12 +230,13 @@ def prepared_batches(cfg, train: ImageSet, args, device: torch.device) -> list[T
 
 
 def time_cl_runner(cfg, train: ImageSet, parts, args, device: torch.device, precision: str,
-                   channels_last: bool) -> float:
-    """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run."""
+                   channels_last: bool, compiled_batch: bool) -> float:
+    """Seconds that `pretrain` (the loop `cl-run` runs) takes for `args.steps` steps, after a warm-up run (which
+    compiles what is compiled)."""
     objective, optimizer, scaler = parts
     sampler = instantiate(cfg.pairing)
     streams = TrainingStreams.from_seed(0, device)
-    sampler.setup(train, instantiate(cfg.aug), streams)
+    sampler.setup(train, instantiate(cfg.aug), streams, compiled=compiled_batch)
     with tempfile.TemporaryDirectory() as logs, SummaryWriter(log_dir=logs) as writer:
         def run(steps: int) -> float:
             training = TrainingParts(objective.encoder, objective.loss_fn, _Limited(sampler, steps * args.batch_size),

@@ -73,8 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     retain_freed_memory()  # as cl-run does
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        root = os.environ.get("CL_DATA_ROOT")
-        cfg = compose("config", overrides=([f"dataset.root={root}"] if root else []) + args.overrides)
+        cfg = compose("config", overrides=args.overrides)
+        root = os.environ.get("CL_DATA_ROOT")  # where the data sets are, unless the overrides say
+        if root and "root" in cfg.dataset and not any(o.startswith("dataset.root=") for o in args.overrides):
+            cfg = compose("config", overrides=[*args.overrides, f"dataset.root={root}"])
     device = resolve_device(cfg.device)
     compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
     train = instantiate(cfg.dataset).load().train.to(device)

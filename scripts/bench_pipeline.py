@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the study pipeline")
+    parser.add_argument("--skip-study", action="store_true", help="time only (b) and (c): c/b without c/a")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="as cl-run's precision: auto is bf16 on CUDA and on CPUs with native bf16")
@@ -185,11 +186,13 @@ def main() -> None:
         return step
 
     # (a) the study's pipeline (never compiled: the baseline as the study ran it)
-    loader = DataLoader(StudyTuples(train, args.aug, pairing), batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
-                        pin_memory=device.type == "cuda")
-    study_seconds = time_steps(study_batches(loader, pairing, device), model_step(fresh_model()), args.steps,
-                               args.warmup, device)
+    study_seconds = None
+    if not args.skip_study:
+        loader = DataLoader(StudyTuples(train, args.aug, pairing), batch_size=args.batch_size, shuffle=True,
+                            num_workers=args.workers, persistent_workers=args.workers > 0, drop_last=True,
+                            pin_memory=device.type == "cuda")
+        study_seconds = time_steps(study_batches(loader, pairing, device), model_step(fresh_model()), args.steps,
+                                   args.warmup, device)
 
     # (b) the floor: the model step on ready tensors (the same data, tuples prepared before timing)
     ready = prepared_batches(cfg, train.to(device), args, device)
@@ -201,12 +204,12 @@ def main() -> None:
                                     memory_format == torch.channels_last, compiled["batch"])
 
     steps = args.steps
-    figures = {"study_tuples_per_s": steps * args.batch_size / study_seconds,
-               "floor_tuples_per_s": steps * args.batch_size / floor_seconds,
-               "cl_runner_tuples_per_s": steps * args.batch_size / runner_seconds}
+    seconds = {"study": study_seconds, "floor": floor_seconds, "cl_runner": runner_seconds}
+    figures = {f"{name}_tuples_per_s": steps * args.batch_size / s for name, s in seconds.items() if s is not None}
     for key in list(figures):
         figures[key.replace("tuples", "images")] = figures[key] * views
-    figures["c_over_a"] = figures["cl_runner_tuples_per_s"] / figures["study_tuples_per_s"]
+    if study_seconds is not None:
+        figures["c_over_a"] = figures["cl_runner_tuples_per_s"] / figures["study_tuples_per_s"]
     figures["c_over_b"] = figures["cl_runner_tuples_per_s"] / figures["floor_tuples_per_s"]
     setting = {"dataset": args.dataset, "aug": args.aug, "loss": args.loss, "pairing": pairing,
                "encoder": args.encoder, "batch_size": args.batch_size, "steps": steps, "warmup": args.warmup,
@@ -273,8 +276,10 @@ def print_table(figures: dict, setting: dict) -> None:
     print(f"{'pipeline':<34}{'tuples/s':>12}{'images/s':>12}")
     for key, name in (("study", "(a) study: PIL + DataLoader"), ("floor", "(b) floor: model step only"),
                       ("cl_runner", "(c) cl-runner training loop")):
-        print(f"{name:<34}{figures[key + '_tuples_per_s']:>12.0f}{figures[key + '_images_per_s']:>12.0f}")
-    print(f"c/a = {figures['c_over_a']:.2f}   c/b = {figures['c_over_b']:.2f}")
+        if key + "_tuples_per_s" in figures:
+            print(f"{name:<34}{figures[key + '_tuples_per_s']:>12.0f}{figures[key + '_images_per_s']:>12.0f}")
+    print("   ".join(f"{ratio.replace('_over_', '/')} = {figures[ratio]:.2f}" for ratio in ("c_over_a", "c_over_b")
+                     if ratio in figures))
 
 
 if __name__ == "__main__":

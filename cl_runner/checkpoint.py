@@ -1,10 +1,13 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically into the run's folder."""
+"""Checkpoints: everything needed to continue a run exactly, written atomically into the run's folder, in the
+background while training goes on."""
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import pickle
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +60,13 @@ class Checkpointer:
     """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate
     schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the training streams) and the position in
     training, as one file replaced atomically. In a distributed run every process holds the same state, so rank 0
-    alone writes (`writes`) and every process restores from that one file."""
+    alone writes (`writes`) and every process restores from that one file.
+
+    A save copies the state on the training thread (`snapshot`: to the host, so that training can go on changing
+    the originals) and serializes and writes that copy in a background thread while training goes on; one write at
+    a time, each save waiting for the one before. `wait()` waits for the write in flight and raises its error (a
+    full disk, a read-only folder), as does the next save; leaving a `with checkpointer:` block waits too, so that
+    no write outlives training."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True):
@@ -65,14 +74,17 @@ class Checkpointer:
         self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
         self.scaler, self.streams = scaler, streams
         self.schedule = schedule
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self.writing: Future | None = None
 
     def describe(self) -> str:
+        """The last checkpoint (once the one being written is whole), or that there is none."""
+        self.wait()
         return str(self.path) if self.path.exists() else "none written yet"
 
-    def save(self, state: LoopPosition) -> str:
-        if not self.writes:
-            return str(self.path)
-        payload = {
+    def payload(self, state: LoopPosition) -> dict:
+        """What a checkpoint holds, as the bound objects give it now: their own tensors, not copies."""
+        return {
             "encoder": self.encoder.state_dict(),
             "loss": self.loss_fn.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -86,10 +98,42 @@ class Checkpointer:
                          "epoch_loss_sum": state.epoch_loss_sum},
             "stats": vars(state.record),
         }
+
+    def save(self, state: LoopPosition, wait: bool = False) -> str:
+        """Checkpoint the state as it is now, written in the background (with `wait`, whole on return); returns
+        the file's path. The error of the write before, if it failed, is raised here."""
+        if not self.writes:
+            return str(self.path)
+        self.wait()
+        self.writing = self.writer.submit(self._write, snapshot(self.payload(state)))
+        if wait:
+            self.wait()
+        return str(self.path)
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is whole; its write's error, if any, is raised here."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            writing.result()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Training ends: the checkpoint being written is waited for. Its write's error is raised, unless training
+        is already ending with an error of its own, which is kept (the write's is logged)."""
+        if kind is None:
+            self.wait()
+            return
+        try:
+            self.wait()
+        except Exception as failed:
+            log.error("the last checkpoint was not written: %s", one_line(failed))
+
+    def _write(self, payload: dict) -> None:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic.write_bytes(self.path, buffer.getvalue(), previous=self.previous)
-        return str(self.path)
 
     def restore(self) -> LoopPosition:
         """Load the checkpoint into the bound objects; returns the position to continue from. Only tensors and
@@ -144,6 +188,34 @@ def load_payload(path: Path) -> dict:
         lacking = f" (it lacks {sorted(CHECKPOINT_KEYS - set(payload))})" if isinstance(payload, dict) else ""
         raise DamagedCheckpoint(f"{path} is not a cl-run checkpoint{lacking}")
     return payload
+
+
+def snapshot(value):
+    """`value` (a checkpoint's payload) with every tensor copied to the host and every dict, list and tuple
+    rebuilt (a dict keeps its type and attributes: a state_dict's `_metadata`), so that training can change the
+    originals while the copy is written. A GPU's tensors go to pinned memory without blocking, then one wait."""
+    gpus: set[torch.device] = set()
+
+    def copied(value):
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            if value.is_cuda:
+                gpus.add(value.device)
+                return torch.empty_like(value, device="cpu", pin_memory=True).copy_(value, non_blocking=True)
+            return value.to("cpu", copy=True)
+        if isinstance(value, dict):
+            rebuilt = copy.copy(value)
+            for key, item in value.items():
+                rebuilt[key] = copied(item)
+            return rebuilt
+        if type(value) in (list, tuple):
+            return type(value)(copied(item) for item in value)
+        return value
+
+    result = copied(value)
+    for gpu in gpus:
+        torch.cuda.current_stream(gpu).synchronize()
+    return result
 
 
 def one_line(err: BaseException) -> str:

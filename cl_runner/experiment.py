@@ -97,7 +97,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     def stop_if_signalled() -> None:
         signum = stop_signal()
         if signum is not None:
-            raise Interrupted(signum, parts.checkpointer.save(state))
+            raise Interrupted(signum, parts.checkpointer.save(state, wait=True))
 
     # on resume, TensorBoard drops the events logged after the checkpoint
     writing = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.record.steps + 1) \

@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -80,9 +81,10 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
     In a distributed run every process draws the same order and trains on its share of each batch; the figures
     logged (to `writer`, rank 0's) are the global batch's.
 
-    The checkpointer saves every `settings.checkpoint_every` epochs (0: never) and when `stop_signal()` names a
-    signal (on any process: they agree at every step), which then ends training with `Interrupted` after the
-    current step.
+    The checkpointer saves every `settings.checkpoint_every` epochs (0: never), written in the background while
+    the next epoch runs, and when `stop_signal()` names a signal (on any process: they agree at every step), which
+    then ends training with `Interrupted` after the current step, once that checkpoint is whole. No write outlives
+    this function: it returns, or raises, once the last one is done.
     """
     encoder, loss_fn, sampler, streams = parts.encoder, parts.loss_fn, parts.sampler, parts.streams
     world, compute = settings.world, settings.compute
@@ -100,7 +102,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
     bar = tqdm(total=total_steps, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
                unit="step", dynamic_ncols=True, mininterval=1.0, disable=not (world.is_main and settings.progress_bar))
     start = time.perf_counter() - record.seconds
-    try:
+    with bar, nullcontext() if checkpointer is None else checkpointer:  # leaving: the last write is whole
         while state.epoch < epochs:
             if state.step_in_epoch == 0:
                 state.order = torch.randperm(num_tuples, generator=streams.order, device=device)
@@ -143,7 +145,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                 if signum is not None and checkpointer is not None:
                     state.epoch_loss_sum = distributed.mean_over_ranks(epoch_loss).item()
                     record.seconds = time.perf_counter() - start
-                    raise Interrupted(signum, checkpointer.save(state))
+                    raise Interrupted(signum, checkpointer.save(state, wait=True))
             record.epoch_losses.append(distributed.mean_over_ranks(epoch_loss).item() / steps_per_epoch)
             if not math.isfinite(record.epoch_losses[-1]):
                 _diverged(record.steps, checkpointer)
@@ -155,9 +157,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                      record.tuples_per_second)
             if checkpointer is not None and settings.checkpoint_every and (
                     state.epoch % settings.checkpoint_every == 0 or state.epoch == epochs):
-                checkpointer.save(state)
-    finally:
-        bar.close()
+                checkpointer.save(state)  # written while the next epoch runs
     return record
 
 

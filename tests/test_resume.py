@@ -1,4 +1,5 @@
 """Nothing lost: checkpoints, resume after SIGKILL or SIGTERM, the NaN guard."""
+import errno
 import json
 import os
 import signal
@@ -13,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import experiment
-from cl_runner.checkpoint import Checkpointer, LoopPosition
+from cl_runner import checkpoint, experiment
+from cl_runner.checkpoint import Checkpointer, LoopPosition, load_payload
 from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
-from cl_runner.losses import Loss, MoCoLoss
+from cl_runner.losses import Loss, MoCoLoss, TripletMarginLoss
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.randomness import TrainingStreams
 from cl_runner.interruption import Interrupted, SignalStop
@@ -134,6 +135,42 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["position"]["epoch"] == 1 and saved["stats"]["steps"] == 4
     assert all(torch.isfinite(p).all() for p in saved["encoder"].values() if p.is_floating_point())
+
+
+@pytest.mark.parametrize("disk", ["slow", "full"])
+def test_a_signal_ends_training_once_its_checkpoint_is_whole(tmp_path, monkeypatch, disk):
+    """The checkpoint of a signal is waited for before `Interrupted` (the run then reports it and exits); one
+    that cannot be written ends training with that error instead."""
+    real_write = checkpoint.atomic.write_bytes
+    written = []
+
+    def write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
+        time.sleep(0.3)
+        if disk == "full" and written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data, previous)
+        written.append(path)
+
+    monkeypatch.setattr(checkpoint.atomic, "write_bytes", write_bytes)
+    train = read_digits("train").head(256)
+    streams = TrainingStreams.from_seed(0)
+    sampler = TripletSampler()
+    sampler.setup(train, NoAugment(), streams)
+    encoder = PamiCNN(1)
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    scaler = make_grad_scaler(torch.device("cpu"), "fp32")
+    checkpointer = Checkpointer(tmp_path, encoder, TripletMarginLoss(), optimizer, scaler, streams)
+    steps = iter(range(1, 100))
+    with pytest.raises(OSError if disk == "full" else Interrupted) as stop:  # 4 steps an epoch: stopped in epoch 2
+        pretrain(TrainingParts(encoder, checkpointer.loss_fn, sampler, optimizer, scaler, streams,
+                               checkpointer=checkpointer), LoopPosition(), LoopSettings(epochs=3, batch_size=64),
+                 None, lambda: signal.SIGTERM if next(steps) == 6 else None)
+    if disk == "full":
+        assert stop.value.errno == errno.ENOSPC and len(written) == 1
+        return
+    saved = load_payload(Path(stop.value.checkpoint))
+    assert len(written) == 2 and saved["position"]["epoch"] == 1 and saved["position"]["step_in_epoch"] == 2
+    assert saved["stats"]["steps"] == 6
 
 
 def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encoder, MoCoLoss]:

@@ -5,10 +5,10 @@
 # device, from the checkout's root, once the parts have arrived:
 #   bash /tmp/cl-bin/device-stage && source /tmp/cl-env.sh && bash scripts/gpu_check.sh
 # (device-stage unpacks the data and gives cl-run without a pip install). GPU_CHECK_PARTS picks the parts, each
-# within its own time limit (seconds on an H200, estimated): sync (60: host syncs in one step), pipeline (240:
-# c/b of the study's CNN and of ResNet-18, compiled and not, operators per step), epochs (200: SimCLR ResNet-18
-# seconds an epoch, compile=auto and compile=false), startup (150: time to the first step, probes), grid (240: the
-# paper grid with GPU utilization). The default, "sync pipeline epochs", fits one device call (under 9 minutes);
+# within its own time limit (seconds on an H200, estimated): sync (60: host syncs in one step), epochs (200: SimCLR
+# ResNet-18 seconds an epoch, compile=auto and compile=false), pipeline (240: c/b of the study's CNN and of
+# ResNet-18, compiled and not, operators per step), startup (150: time to the first step, probes), grid (240: the
+# paper grid with GPU utilization). The default, "sync epochs pipeline", fits one device call (under 9 minutes);
 # "startup grid" is a second. On a CPU, `GPU_CHECK_TINY=1 bash scripts/gpu_check.sh` runs the same steps in a few
 # minutes (device=cpu, tiny runs).
 set -uo pipefail
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 TINY=${GPU_CHECK_TINY:-0}
-PARTS=" ${GPU_CHECK_PARTS:-sync pipeline epochs} "
+PARTS=" ${GPU_CHECK_PARTS:-sync epochs pipeline} "
 if [ "$TINY" = 1 ]; then
   DEVICE=cpu; STEPS=2; BATCH=64; GRID_LIMIT=600; R18_LIMIT=120; STARTUP=(--repeats 1); PROBES=(--repeats 1)
   GRID=(epochs=1 batch_size=256 dataset.train_subset=512 dataset.test_subset=200 eval.tsne_points=50)
@@ -83,6 +83,18 @@ EOF
 log "host sync check exit $?"
 fi
 
+if part epochs; then
+for compiled in auto false; do
+  log "SimCLR ResNet-18 on CIFAR-10, compile=$compiled, as many epochs as $R18_LIMIT s allow"
+  { echo "== compile=$compiled"; time timeout "$R18_LIMIT" cl-run experiment=simclr_cifar10 "device=$DEVICE" \
+      "compile=$compiled" "${R18[@]}" checkpoint_every=1 hydra.run.dir="$OUT/.simclr_$compiled" ; } \
+    >> "$OUT/simclr_r18.txt" 2>&1
+  log "simclr_r18 compile=$compiled exit $? (124: stopped by the time limit after writing its checkpoint)"
+  python3 -c "import json, sys; print('timing', json.load(open(sys.argv[1]))['timing'])" \
+    "$OUT/.simclr_$compiled/metrics.json" >> "$OUT/simclr_r18.txt" 2>/dev/null
+done
+fi
+
 if part pipeline; then
 log "bench_pipeline: c/b, compile=auto (the batch builder compiled on CUDA) and for CIFAR-10 also uncompiled"
 for setting in "cifar10 simclr triplet pami_cnn sgd auto" "cifar10 simclr triplet pami_cnn sgd false" \
@@ -99,18 +111,6 @@ for compiled in false true; do
   timeout 90 python3 scripts/profile_step.py --steps 3 -- "device=$DEVICE" dataset=cifar10 aug=simclr loss=triplet \
     "batch_size=$BATCH" "compile.batch=$compiled" >> "$OUT/bench_pipeline.txt" 2>&1
   log "profile_step compile.batch=$compiled exit $?"
-done
-fi
-
-if part epochs; then
-for compiled in auto false; do
-  log "SimCLR ResNet-18 on CIFAR-10, compile=$compiled, as many epochs as $R18_LIMIT s allow"
-  { echo "== compile=$compiled"; time timeout "$R18_LIMIT" cl-run experiment=simclr_cifar10 "device=$DEVICE" \
-      "compile=$compiled" "${R18[@]}" checkpoint_every=1 hydra.run.dir="$OUT/.simclr_$compiled" ; } \
-    >> "$OUT/simclr_r18.txt" 2>&1
-  log "simclr_r18 compile=$compiled exit $? (124: stopped by the time limit after writing its checkpoint)"
-  python3 -c "import json, sys; print('timing', json.load(open(sys.argv[1]))['timing'])" \
-    "$OUT/.simclr_$compiled/metrics.json" >> "$OUT/simclr_r18.txt" 2>/dev/null
 done
 fi
 

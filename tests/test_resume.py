@@ -115,7 +115,9 @@ class NaNAtStep(Loss):
         return loss * float("nan") if self.calls >= self.step else loss
 
 
-def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+def digit_triplets(run_dir: Path, loss_fn: Loss) -> TrainingParts:
+    """Triplets of 256 digits (4 steps an epoch at batch 64) for the study CNN with plain SGD, checkpointed to
+    `run_dir`."""
     train = read_digits("train").head(256)
     streams = TrainingStreams.from_seed(0)
     sampler = TripletSampler()
@@ -123,12 +125,15 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     encoder = PamiCNN(1)
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-    loss_fn = NaNAtStep(6)
-    checkpointer = Checkpointer(tmp_path, encoder, loss_fn, optimizer, scaler, streams)
+    checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams)
+    return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer)
+
+
+def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     state = LoopPosition()
     with SummaryWriter(str(tmp_path / "tb")) as writer, pytest.raises(Diverged) as stop:
-        pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
-                 state, LoopSettings(epochs=3, batch_size=64), writer)  # 4 steps an epoch: the NaN comes in epoch 2
+        pretrain(digit_triplets(tmp_path, NaNAtStep(6)), state, LoopSettings(epochs=3, batch_size=64),
+                 writer)  # 4 steps an epoch: the NaN comes in epoch 2
     message = str(stop.value)
     assert "loss became NaN or infinite by step 6" in message and str(tmp_path / "checkpoint.pt") in message
     assert state.record.steps == 5  # the NaN step was not applied
@@ -152,18 +157,9 @@ def test_a_signal_ends_training_once_its_checkpoint_is_whole(tmp_path, monkeypat
         written.append(path)
 
     monkeypatch.setattr(checkpoint.atomic, "write_bytes", write_bytes)
-    train = read_digits("train").head(256)
-    streams = TrainingStreams.from_seed(0)
-    sampler = TripletSampler()
-    sampler.setup(train, NoAugment(), streams)
-    encoder = PamiCNN(1)
-    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
-    scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-    checkpointer = Checkpointer(tmp_path, encoder, TripletMarginLoss(), optimizer, scaler, streams)
     steps = iter(range(1, 100))
     with pytest.raises(OSError if disk == "full" else Interrupted) as stop:  # 4 steps an epoch: stopped in epoch 2
-        pretrain(TrainingParts(encoder, checkpointer.loss_fn, sampler, optimizer, scaler, streams,
-                               checkpointer=checkpointer), LoopPosition(), LoopSettings(epochs=3, batch_size=64),
+        pretrain(digit_triplets(tmp_path, TripletMarginLoss()), LoopPosition(), LoopSettings(epochs=3, batch_size=64),
                  None, lambda: signal.SIGTERM if next(steps) == 6 else None)
     if disk == "full":
         assert stop.value.errno == errno.ENOSPC and len(written) == 1

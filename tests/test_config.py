@@ -66,3 +66,13 @@ def test_a_target_that_cannot_be_imported_or_a_flag_that_is_not_a_bool_is_refuse
                                                         "false")]:
         with pytest.raises(UserError, match=f"^{re.escape(message)}"):
             validate(composed(override))
+
+
+def test_compile_takes_one_choice_for_every_part_or_one_per_part():
+    for overrides in ([], ["compile=true"], ["compile=false"], ["compile=auto"], ["compile.batch=true"],
+                      ["compile.encoder=false", "compile.batch=auto"]):
+        validate(composed(*overrides))
+    for override in ("compile=maybe", "compile.batch=1", "compile.encoder=yes"):
+        with pytest.raises(UserError, match=r"^compile=.* is not allowed: compile must be auto, true or false: for "
+                                            r"every part, or for each of compile.batch and compile.encoder$"):
+            validate(composed(override))

@@ -64,6 +64,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("schedule.lr_scaling", lambda v: _is_choice(v, LR_SCALING), f"one of {', '.join(LR_SCALING)}"),
     ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.test_subset", lambda v: v is None or (_is_int(v) and v >= 20), "null or an integer >= 20"),
+    ("dataset.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("eval.features", lambda v: _is_choice(v, ("backbone", "projector")), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),

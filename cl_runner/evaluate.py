@@ -23,6 +23,7 @@ from cl_runner.distributed import World
 from cl_runner.probes import Probes
 
 PROTOCOLS = ("paper", "standard")
+SCORED = (*PROTOCOLS, "val")  # metrics.json's scored parts: the protocols' test figures, and the validation split's
 
 
 @torch.inference_mode()
@@ -112,7 +113,7 @@ def standard_protocol(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
 def scores_only(metrics: dict) -> dict:
     """The protocols' scores and the diagnostics of `metrics`, without the confusion matrices."""
     kept = {"diagnostics": {k: v for k, v in metrics["diagnostics"].items() if k != "alignment"}}
-    for protocol in PROTOCOLS:
+    for protocol in SCORED:
         if protocol in metrics:
             kept[protocol] = {k: v for k, v in metrics[protocol].items() if k != "confusion_matrix"}
     return kept
@@ -122,13 +123,14 @@ def gains(trained: dict, initial: dict) -> dict:
     """Trained minus initial, for every accuracy of every protocol: what pretraining added."""
     return {protocol: {name: trained[protocol][name] - value for name, value in initial[protocol].items()
                        if isinstance(value, float)}
-            for protocol in PROTOCOLS if protocol in initial}
+            for protocol in SCORED if protocol in initial}
 
 
 def final_scores(metrics: dict) -> dict[str, float]:
-    """Every accuracy as `eval/PROTOCOL/NAME`, and its gain over the initialization as `gain/PROTOCOL/NAME`."""
+    """Every accuracy as `eval/PROTOCOL/NAME` (`eval/val/NAME` for the validation split), and its gain over the
+    initialization as `gain/PROTOCOL/NAME`."""
     scores = {}
-    for protocol in PROTOCOLS:
+    for protocol in SCORED:
         for prefix, source in (("eval", metrics), ("gain", metrics.get("gain", {}))):
             scores.update({f"{prefix}/{protocol}/{name}": value
                            for name, value in source.get(protocol, {}).items() if isinstance(value, float)})
@@ -138,14 +140,17 @@ def final_scores(metrics: dict) -> dict[str, float]:
 @dataclass
 class Embeddings:
     """What the evaluation reads of the encoders: the trained encoder's embeddings of the test images, of the
-    probe's training images (standard protocol) and of one augmented view of the first test images (alignment);
-    and, for the random-encoder baseline, the initialization's of the test and probe images."""
+    probe's training images (standard protocol, validation), of one augmented view of the first test images
+    (alignment) and of the validation images; and, for the random-encoder baseline, the initialization's of the
+    test, probe and validation images."""
 
     test: np.ndarray
     probe: np.ndarray | None
     views: np.ndarray
+    val: np.ndarray | None = None
     initial_test: np.ndarray | None = None
     initial_probe: np.ndarray | None = None
+    initial_val: np.ndarray | None = None
 
 
 def embed_for_evaluation(settings: DictConfig, encoder: nn.Module, initial: nn.Module | None, augment: Callable,
@@ -154,17 +159,20 @@ def embed_for_evaluation(settings: DictConfig, encoder: nn.Module, initial: nn.M
     `encoder`'s, and the `initial` encoder's for the baseline (None: no baseline, or an untrained run, which is
     its own). In a distributed run each process embeds its shard of every set and all receive the whole; the
     probes then run on rank 0."""
-    probed = "standard" in settings.protocols and data.test.labelled
+    validated = data.val is not None and data.val.labelled and data.test.labelled
+    probed = ("standard" in settings.protocols and data.test.labelled) or validated
 
     def embed_all(model: nn.Module, images: torch.Tensor) -> np.ndarray:
         return embed(model, images, settings.features, world=world)
 
     views = alignment_views(augment, data.test, seed, next(encoder.parameters()).device)
     embedded = Embeddings(embed_all(encoder, data.test.images),
-                          embed_all(encoder, data.probe.images) if probed else None, embed_all(encoder, views))
+                          embed_all(encoder, data.probe.images) if probed else None, embed_all(encoder, views),
+                          embed_all(encoder, data.val.images) if validated else None)
     if initial is not None:
         embedded.initial_test = embed_all(initial, data.test.images)
         embedded.initial_probe = embed_all(initial, data.probe.images) if probed else None
+        embedded.initial_val = embed_all(initial, data.val.images) if validated else None
     return embedded
 
 
@@ -181,7 +189,7 @@ def alignment_views(augment: Callable, test: ImageSet, seed: int, device: torch.
 def evaluate_trained(settings: DictConfig, data: Splits, embedded: Embeddings, seed: int, device: torch.device
                      ) -> dict:
     """The trained encoder's scores, confusion matrices and diagnostics, alignment included."""
-    metrics = evaluate_embeddings(settings, data, embedded.test, embedded.probe, seed, device)
+    metrics = evaluate_embeddings(settings, data, embedded.test, embedded.probe, seed, device, embedded.val)
     metrics["diagnostics"]["alignment"] = alignment(embedded.test[:len(embedded.views)], embedded.views)
     return metrics
 
@@ -191,16 +199,18 @@ def add_baseline(metrics: dict, settings: DictConfig, data: Splits, embedded: Em
     """The initial encoder's scores and diagnostics (`baseline`) and the trained encoder's gain over them (`gain`),
     into `metrics`; an untrained run (no initial embeddings) is its own baseline."""
     initial = metrics if embedded.initial_test is None else evaluate_embeddings(
-        settings, data, embedded.initial_test, embedded.initial_probe, seed, device)
+        settings, data, embedded.initial_test, embedded.initial_probe, seed, device, embedded.initial_val)
     metrics["baseline"] = scores_only(initial)
     metrics["gain"] = gains(metrics, metrics["baseline"])
 
 
 def evaluate_embeddings(settings: DictConfig, data: Splits, test_x: np.ndarray, probe_x: np.ndarray | None,
-                        seed: int, device: torch.device) -> dict:
+                        seed: int, device: torch.device, val_x: np.ndarray | None = None) -> dict:
     """Both protocols (as configured in `settings`) and the diagnostics, on the frozen encoder's embeddings of
     clean images: `test_x` the test set's, `probe_x` the probe set's (standard protocol), the probes fitted on
-    `device` (torch's solvers). Unlabelled test images get the (label-free) diagnostics only."""
+    `device` (torch's solvers); with `val_x`, the validation images' embeddings, also the standard protocol
+    scored on them (`val`: fitted on the probe set, which the validation images were held out of). Unlabelled
+    test images get the (label-free) diagnostics only."""
     metrics: dict = {"features": settings.features, "diagnostics": diagnostics(test_x, device)}
     if not data.test.labelled:  # load_data has said why
         return metrics
@@ -212,6 +222,9 @@ def evaluate_embeddings(settings: DictConfig, data: Splits, test_x: np.ndarray, 
     if "standard" in settings.protocols:
         metrics["standard"] = standard_protocol(probe_x, data.probe.labels.cpu().numpy(), test_x, test_y,
                                                 num_classes, probes)
+    if val_x is not None:
+        metrics["val"] = standard_protocol(probe_x, data.probe.labels.cpu().numpy(), val_x,
+                                           data.val.labels.cpu().numpy(), num_classes, probes)
     return metrics
 
 

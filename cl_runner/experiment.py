@@ -18,12 +18,12 @@ from torch.utils.tensorboard import SummaryWriter
 from cl_runner import atomic, distributed, evaluate, export, run_folder
 from cl_runner.checkpoint import CHECKPOINT_FILE, LoopPosition, TrainingRecord
 from cl_runner.config import check_data, check_labels_needed
-from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.data.datasets import ImageSet, Splits, hold_out
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.interruption import Interrupted, SignalStop
 from cl_runner.parts import build_training, initial_encoder
-from cl_runner.randomness import seed_everything
+from cl_runner.randomness import seed_everything, stream_seed
 from cl_runner.runtime import (Compute, available_cores, device_name, fits_on_device, out_of_memory,
                                resolve_device, resolve_precision)
 from cl_runner.train import LoopSettings, pretrain
@@ -176,11 +176,13 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> Sp
     dataset = instantiate(cfg.dataset)
     if not dataset.labelled:  # before any image is decoded
         check_labels_needed(cfg, dataset.name)
-    data = dataset.load()
+    data = hold_out(dataset.load(), dataset.val_fraction, stream_seed(cfg.seed, "validation"))
     train, test = placed(data.train, device), placed(data.test, device)
-    data = Splits(train, test, train if data.probe is data.train else placed(data.probe, device))
+    data = Splits(train, test, train if data.probe is data.train else placed(data.probe, device),
+                  None if data.val is None else placed(data.val, device))
     check_data(cfg, data, overrides)
-    log.info("data: %d train, %d test images of shape %s", len(data.train), len(data.test),
+    log.info("data: %d train, %s%d test images of shape %s", len(data.train),
+             "" if data.val is None else f"{len(data.val)} validation, ", len(data.test),
              tuple(data.train.images.shape[1:]))
     if not data.test.labelled:
         log.info("no labels to evaluate with: the probes and kNN are skipped, the diagnostics reported (give "

@@ -85,24 +85,25 @@ class ImageSet:
 
 @dataclass
 class Splits:
-    """What a run reads: `train` (pretraining's images), `test` (the held-out images that evaluation embeds) and
+    """What a run reads: `train` (pretraining's images), `test` (the held-out images that evaluation embeds),
     `probe` (the standard protocol's training images: `train`, unless the data set has a labelled set of its own
-    for an unlabelled one)."""
+    for an unlabelled one) and `val` (a slice held out of the training images, `hold_out`; None without one)."""
 
     train: ImageSet
     test: ImageSet
     probe: ImageSet
+    val: ImageSet | None = None
 
 
 class DataSet(ABC):
     """A data set as a config group option instantiates it (`_target_` in conf/dataset/NAME.yaml): `load()`
-    returns its splits, `train_subset` / `test_subset` keep only their first images; `labelled` is known before
-    any image is read."""
+    returns its splits, `train_subset` / `test_subset` keep only their first images, `val_fraction` is the share
+    of the training images that `hold_out` sets aside; `labelled` is known before any image is read."""
 
     name = "data set"
 
-    def __init__(self, train_subset: int | None = None, test_subset: int | None = None):
-        self.train_subset, self.test_subset = train_subset, test_subset
+    def __init__(self, train_subset: int | None = None, test_subset: int | None = None, val_fraction: float = 0.0):
+        self.train_subset, self.test_subset, self.val_fraction = train_subset, test_subset, val_fraction
 
     @property
     def labelled(self) -> bool:
@@ -111,6 +112,37 @@ class DataSet(ABC):
     @abstractmethod
     def load(self) -> Splits:
         """The training, test and probe images (see `Splits`)."""
+
+
+def hold_out(data: Splits, fraction: float, seed: int) -> Splits:
+    """`data` with `fraction` of its training images set aside as `val`: per class (stratified; the whole set when
+    unlabelled) round(fraction x the class's count) images drawn by `seed`, the rest kept in their order as the
+    training (and, where it is the training set, probe) images. The test images are not touched. With fraction 0,
+    `data` itself."""
+    if not fraction:
+        return data
+    train = data.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    labels = train.labels.cpu() if train.labelled else torch.zeros(len(train), dtype=torch.long)
+    order = order[torch.argsort(labels[order], stable=True)]  # by class, each class in the seed's random order
+    counts = torch.bincount(labels)
+    starts, taken = torch.cumsum(counts, 0) - counts, torch.round(counts * fraction).long()
+    if taken.sum() == 0:
+        raise UserError(f"dataset.val_fraction={fraction} holds out no image of the {len(train)} training images: "
+                        "choose a larger fraction")
+    if (taken[counts > 0] == counts[counts > 0]).any():
+        raise UserError(f"dataset.val_fraction={fraction} leaves a class without training images: choose a smaller "
+                        "fraction")
+    held = torch.cat([order[start:start + n] for start, n in zip(starts.tolist(), taken.tolist())]).sort().values
+    kept = torch.ones(len(train), dtype=torch.bool)
+    kept[held] = False
+
+    def part(indices: torch.Tensor) -> ImageSet:
+        indices = indices.to(train.images.device)
+        return ImageSet(train.images[indices], None if train.labels is None else train.labels[indices], train.classes)
+
+    rest = part(torch.nonzero(kept).squeeze(1))
+    return Splits(rest, data.test, rest if data.probe is data.train else data.probe, part(held))
 
 
 class SplitReader(DataSet):

@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 class ImageFolder(DataSet):
     """The user's folder of images (see the module's docstring for the layouts); `eval_path`: a labelled folder
     whose images give the probes of an unlabelled one. `channels` (1 or 3; None: what most images have) and
-    `image_size` (None: the images' own common square size) say what every image is converted to."""
+    `image_size` (None: the images' own common square size) say what every image is converted to; `subsets`:
+    `DataSet`'s train_subset, test_subset and val_fraction."""
 
     def __init__(self, path: str, eval_path: str | None = None, labels: bool | None = None,
                  test_fraction: float = 0.2, channels: int | None = None, image_size: int | None = None,
-                 skip_corrupt: bool = False, train_subset: int | None = None, test_subset: int | None = None):
-        super().__init__(train_subset, test_subset)
+                 skip_corrupt: bool = False, **subsets):
+        super().__init__(**subsets)
         self.path = Path(path).expanduser()
         self.eval_path = Path(eval_path).expanduser() if eval_path else None
         self.labels, self.test_fraction, self.skip_corrupt = labels, test_fraction, skip_corrupt

@@ -69,11 +69,13 @@ class Checkpointer:
     no write outlives training."""
 
     def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True):
+                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True,
+                 monitor=None):
         self.path, self.previous, self.writes = run_dir / CHECKPOINT_FILE, run_dir / PREVIOUS_FILE, writes
         self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
         self.scaler, self.streams = scaler, streams
         self.schedule = schedule
+        self.monitor = monitor  # the online monitor's head and its optimizer (eval.monitor_every), if any
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.writing: Future | None = None
 
@@ -97,6 +99,7 @@ class Checkpointer:
                          "order": None if state.order is None else state.order.cpu(),
                          "epoch_loss_sum": state.epoch_loss_sum},
             "stats": vars(state.record),
+            "monitor": None if self.monitor is None else self.monitor.state_dict(),
         }
 
     def save(self, state: LoopPosition, wait: bool = False) -> str:
@@ -153,6 +156,8 @@ class Checkpointer:
         self.scaler.load_state_dict(payload["scaler"])
         if self.schedule is not None:
             self.schedule.load_state_dict(payload["schedule"])
+        if self.monitor is not None:
+            self.monitor.load_state_dict(payload.get("monitor"))
         rng = payload["rng"]
         random.setstate(rng["python"])
         set_numpy_state(rng["numpy"])

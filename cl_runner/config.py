@@ -76,6 +76,9 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("eval.paper_test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
     ("eval.tsne_points", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 skips t-SNE)"),
     ("eval.tsne_perplexity", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("eval.monitor_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no online monitoring)"),
+    ("eval.monitor_bank", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("train.stop_on_collapse", lambda v: isinstance(v, bool), "true or false"),
 ]
 # keys of some data sets only (checked where the chosen one has them)
 DATASET_RULES: list[tuple[str, Callable[[object], bool], str]] = [
@@ -103,6 +106,11 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
         value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
         if not ok(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+    if cfg.eval.monitor_every and not cfg.dataset.val_fraction:
+        raise UserError("eval.monitor_every watches the validation split, which dataset.val_fraction=0 leaves empty: "
+                        "set dataset.val_fraction (e.g. 0.1), so that nothing is watched on the test set")
+    if cfg.train.stop_on_collapse and not cfg.eval.monitor_every:
+        raise UserError("train.stop_on_collapse acts on the monitor's measurements: set eval.monitor_every too")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     loss_name = choices.get("loss", cfg.loss._target_)

@@ -89,7 +89,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     with distributed.together(world):  # a bad data set or setting ends every process, rank 0 saying why
         with clock("data_s"):
             data = load_data(cfg, compute.device, overrides)
-        parts = build_training(cfg, data.train, compute.device, compute.precision, run_dir, world)
+        parts = build_training(cfg, data.train, compute.device, compute.precision, run_dir, world, data.val)
         state = parts.checkpointer.restore() if cfg.resume else LoopPosition()
     if cfg.resume:
         log.info("resuming from %s at epoch %d, step %d", parts.checkpointer.path, state.epoch, state.record.steps)
@@ -104,7 +104,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if world.is_main else nullcontext()
     with writing as writer:
         record = pretrain(parts, state, LoopSettings(cfg.epochs, cfg.batch_size, compute, cfg.log_every,
-                                                     cfg.checkpoint_every, world, progress_bar), writer, stop_signal)
+                                                     cfg.checkpoint_every, world, progress_bar, cfg.eval.monitor_every,
+                                                     cfg.train.stop_on_collapse), writer, stop_signal)
         clock.seconds["train_s"] = record.seconds
         with clock("embed_s"):
             initial = initial_encoder(cfg, data.train.images.shape[1], compute.device) \

@@ -22,7 +22,9 @@ from cl_runner.data.pairing import TupleSampler
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.losses import Loss
+from cl_runner.monitor import Monitor
 from cl_runner.optim import make_optimizer, parameter_groups
+from cl_runner.probes import Probes
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import COMPILE_AUTO, Compute, choose_fastest_kernels, compiles, make_grad_scaler
 
@@ -46,7 +48,7 @@ class Objective(nn.Module):
 class TrainingParts:
     """Everything pretraining acts on, built from the config (`build_training`).
     `objective`: what computes a batch's loss (an `Objective` of `encoder` and `loss_fn`, compiled or wrapped
-    in DistributedDataParallel as the run asks)."""
+    in DistributedDataParallel as the run asks); `monitor`: the online monitoring (eval.monitor_every), if on."""
 
     encoder: nn.Module
     loss_fn: Loss
@@ -57,6 +59,7 @@ class TrainingParts:
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
     checkpointer: Checkpointer | None = None
     objective: nn.Module | None = None
+    monitor: Monitor | None = None
 
     def __post_init__(self):
         if self.objective is None:
@@ -64,9 +67,10 @@ class TrainingParts:
 
 
 def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, precision: str,
-                   run_dir: Path, world: World = World()) -> TrainingParts:
-    """The encoder, loss, sampler, optimizer, schedule and checkpointer of a run; in a distributed run with
-    batch norm over the global batch (distributed.sync_bn) and the objective in DistributedDataParallel."""
+                   run_dir: Path, world: World = World(), val: ImageSet | None = None) -> TrainingParts:
+    """The encoder, loss, sampler, optimizer, schedule, checkpointer and (with eval.monitor_every, on the
+    validation images `val`) the monitor of a run; in a distributed run with batch norm over the global batch
+    (distributed.sync_bn) and the objective in DistributedDataParallel."""
     streams = TrainingStreams.from_seed(cfg.seed, device)
     choose_fastest_kernels(device)
     encoder = build_encoder(cfg, train.images.shape[1], device)
@@ -94,6 +98,11 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     log.info("learning rate %.4g at the first step (optimizer.lr %g, scaling rule %s)", schedule.get_last_lr()[0],
              cfg.optimizer.lr, cfg.schedule.lr_scaling)
     scaler = make_grad_scaler(device, precision)
+    monitor = None
+    if cfg.eval.monitor_every:
+        monitor = Monitor(encoder, train, val, cfg.eval.monitor_bank,
+                          Probes(cfg.eval.solver, device, cosine_knn_k=cfg.eval.cosine_knn_k,
+                                 cosine_knn_temperature=cfg.eval.cosine_knn_temperature))
     objective = Objective(torch.compile(encoder) if "encoder" in compiled else encoder, loss_fn)  # same weights
     if compiled:
         log.info("compiled with torch.compile: the %s (the first steps wait for the compilation)",
@@ -103,7 +112,7 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
         objective = torch.nn.parallel.DistributedDataParallel(objective)
     return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, schedule,
                          Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule,
-                                      writes=world.is_main), objective)
+                                      writes=world.is_main, monitor=monitor), objective, monitor)
 
 
 def build_encoder(cfg: DictConfig, channels: int, device: torch.device) -> nn.Module:

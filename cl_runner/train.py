@@ -20,6 +20,7 @@ from cl_runner.checkpoint import LoopPosition, TrainingRecord
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.interruption import Interrupted
+from cl_runner.monitor import Collapsed, Monitor
 from cl_runner.parts import TrainingParts
 from cl_runner.runtime import Compute, autocast_for
 
@@ -31,7 +32,8 @@ class LoopSettings:
     """How pretraining runs. compute: device, precision and memory format; log_every: steps between logged points
     (and, on a GPU, NaN checks); world: the processes of a distributed run, each training on its share of every
     global batch of `batch_size` tuples; progress_bar: off for a sweep's jobs in worker processes (the sweep draws
-    one view of them all)."""
+    one view of them all); monitor_every: epochs between the online monitor's measurements (and the last epoch);
+    stop_on_collapse: end training when the monitor sees the representation collapse."""
 
     epochs: int
     batch_size: int
@@ -40,6 +42,8 @@ class LoopSettings:
     checkpoint_every: int = 1
     world: World = World()
     progress_bar: bool = True
+    monitor_every: int = 0
+    stop_on_collapse: bool = False
 
 
 class Diverged(UserError):
@@ -102,6 +106,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
     bar = tqdm(total=total_steps, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
                unit="step", dynamic_ncols=True, mininterval=1.0, disable=not (world.is_main and settings.progress_bar))
     start = time.perf_counter() - record.seconds
+    watched: dict[str, str] = {}  # the monitor's last figures, shown on the progress bar
     with bar, nullcontext() if checkpointer is None else checkpointer:  # leaving: the last write is whole
         while state.epoch < epochs:
             if state.step_in_epoch == 0:
@@ -119,6 +124,8 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                                   check_finite=(record.steps + 1) % finite_check_every == 0)
                 if loss is None:
                     _diverged(record.steps + 1, checkpointer)
+                if parts.monitor is not None and parts.monitor.labelled:  # the online head learns from this batch
+                    parts.monitor.step(sampler.anchor_labels(ids, share.rows))
                 if parts.schedule is not None:
                     parts.schedule.step()
 
@@ -139,7 +146,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                         writer.add_scalar("train/lr", parts.optimizer.param_groups[0]["lr"], record.steps)
                         writer.add_scalar("train/tuples_per_s", record.tuples_per_second, record.steps)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}",
-                                    tuples_per_s=f"{record.tuples_per_second:.0f}")
+                                    tuples_per_s=f"{record.tuples_per_second:.0f}", **watched)
                     window_loss, window_steps = torch.zeros((), device=device), 0
                 signum = distributed.agreed_max(stop_signal() or 0) or None
                 if signum is not None and checkpointer is not None:
@@ -155,10 +162,29 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                 writer.add_scalar("train/epoch_loss", record.epoch_losses[-1], state.epoch)
             log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", state.epoch, epochs, record.epoch_losses[-1],
                      record.tuples_per_second)
+            if parts.monitor is not None and (state.epoch % settings.monitor_every == 0 or state.epoch == epochs):
+                watched = watch(parts.monitor, state, writer, settings.stop_on_collapse, checkpointer)
             if checkpointer is not None and settings.checkpoint_every and (
                     state.epoch % settings.checkpoint_every == 0 or state.epoch == epochs):
                 checkpointer.save(state)  # written while the next epoch runs
     return record
+
+
+def watch(monitor: Monitor, state: LoopPosition, writer: SummaryWriter | None, stop_on_collapse: bool,
+          checkpointer) -> dict[str, str]:
+    """The monitor's measurement after epoch `state.epoch`: to TensorBoard (`monitor/...`), the log and (returned)
+    the progress bar; a collapse warns once and, with `stop_on_collapse`, ends training with a checkpoint."""
+    figures = monitor.measure()
+    if writer is not None:
+        for name, value in figures.items():
+            writer.add_scalar(f"monitor/{name}", value, state.record.steps)
+    log.info("epoch %d monitor: %s", state.epoch, ", ".join(f"{name} {value:.4f}" for name, value in figures.items()))
+    if monitor.collapsed(figures) and stop_on_collapse:
+        path = "none written" if checkpointer is None else checkpointer.save(state, wait=True)
+        raise Collapsed(f"the representation collapsed by epoch {state.epoch} (RankMe {figures['rankme']:.2f}, "
+                        f"normalized std {figures['normalized_std']:.4f}) and train.stop_on_collapse ended the run; "
+                        f"its checkpoint: {path}")
+    return {name: f"{figures[name]:.3f}" for name in ("knn_top1", "head_top1") if name in figures}
 
 
 def _diverged(step: int, checkpointer) -> None:

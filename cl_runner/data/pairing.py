@@ -122,6 +122,10 @@ class TupleSampler(ABC):
         images, target, labels = self.build(ids, self.draws(ids, streams), rows or slice(0, len(ids)))
         return TupleBatch(images, self.views, target, labels)
 
+    def anchor_labels(self, ids: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The classes of the anchors of the tuples `ids[rows]` (a pair's id N + i is image i's)."""
+        return self.train.labels[ids[rows] % len(self.train)]
+
     @abstractmethod
     def draws(self, ids: torch.Tensor, streams: TrainingStreams) -> Draws:
         """Every random number the batch of tuples `ids` needs, drawn for all of them in a fixed order."""

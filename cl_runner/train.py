@@ -164,6 +164,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                      record.tuples_per_second)
             if parts.monitor is not None and (state.epoch % settings.monitor_every == 0 or state.epoch == epochs):
                 watched = watch(parts.monitor, state, writer, settings.stop_on_collapse, checkpointer)
+                record.seconds = time.perf_counter() - start  # training's time includes its monitoring
             if checkpointer is not None and settings.checkpoint_every and (
                     state.epoch % settings.checkpoint_every == 0 or state.epoch == epochs):
                 checkpointer.save(state)  # written while the next epoch runs

@@ -170,11 +170,12 @@ def check_image_size(encoder: nn.Module, images: ImageSet) -> None:
     """Refuse images that the encoder cannot take: too small for its layers, or giving features of another size
     than its head was built for; the message says which sizes the chosen backbone takes."""
     backbone = encoder.backbone
-    name, side = type(backbone).__name__, "x".join(str(n) for n in images.images.shape[-2:])
+    name = getattr(backbone, "name", type(backbone).__name__)  # a torchvision backbone's model name
+    side = "x".join(str(n) for n in images.images.shape[-2:])
     sample = images.take(torch.arange(1, device=next(encoder.parameters()).device))
     try:
         features = evaluate.embed(encoder, sample, "backbone")
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError) as err:  # torch's shape errors; some models assert their input size
         raise UserError(f"images of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}): it "
                         f"takes {backbone.image_sizes}; set dataset.image_size larger (image folders) or choose "
                         "another encoder") from err

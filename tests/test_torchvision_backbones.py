@@ -116,7 +116,7 @@ def test_an_unknown_model_or_stem_setting_is_refused_naming_valid_ones():
 def test_the_smallest_image_a_model_takes_is_named_when_smaller_ones_are_refused():
     encoder = Encoder(TorchvisionBackbone("squeezenet1_1", in_channels=1))
     check_image_size(encoder, ImageSet(pixels(1, 1, 17), None, []))
-    with pytest.raises(UserError, match=r"images of 16x16 are too small for the encoder's TorchvisionBackbone .*: it "
+    with pytest.raises(UserError, match=r"images of 16x16 are too small for the encoder's squeezenet1_1 .*: it "
                                         r"takes images of any size from 17x17 \(squeezenet1_1: its last feature map "
                                         r"is pooled\)"):
         check_image_size(encoder, ImageSet(pixels(1, 1, 16), None, []))
@@ -128,7 +128,7 @@ BAD = [(["encoder.backbone.name=1"], "encoder.backbone.name=1 is not a torchvisi
        (["encoder.backbone.cifar_stem=null"], "encoder.backbone.cifar_stem=None is not allowed"),
        (["encoder.backbone.name=vit_b_16", "encoder.backbone.cifar_stem=true"],
         "encoder.backbone.cifar_stem=true does not fit vit_b_16: a transformer built for 224x224 images"),
-       (["encoder.backbone.name=vit_b_32"], "images of 28x28 are too small for the encoder's TorchvisionBackbone "
+       (["encoder.backbone.name=vit_b_32"], "images of 28x28 are too small for the encoder's vit_b_32 "
                                             "(vit_b_32 takes 224x224 images, not 28x28): it takes images of exactly "
                                             "224x224 (vit_b_32: a transformer built for one size)")]
 

@@ -18,6 +18,10 @@ class PamiCNN(nn.Sequential):
     image_sizes = "images of 18x18 to 33x33"  # four stride-2 blocks and a 2x2 head leave 2x2 of 8 channels
 
     def __init__(self, in_channels: int = 1, negative_slope: float = 0.2):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
+            raise ConfigError(f"encoder.backbone.negative_slope must be a number >= 0 (LeakyReLU's slope), got "
+                              f"{negative_slope!r}")
+
         def block(cin: int, cout: int, norm: bool) -> list[nn.Module]:
             layers = [nn.Conv2d(cin, cout, kernel_size=2, stride=2, padding=1, bias=False)]
             if norm:

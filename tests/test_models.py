@@ -64,3 +64,11 @@ def test_projection_head_follows_its_dimensions_and_features_skip_it():
     assert encoder(x).shape == (4, 16) and encoder.features(x).shape == (4, 32)
     assert torch.equal(encoder.features(x, "projector"), encoder(x))
     assert isinstance(Encoder(PamiCNN(1)).projector, nn.Identity)
+
+
+@pytest.mark.parametrize("slope", [None, -0.1, "0.2", True])
+def test_the_study_cnn_refuses_a_slope_that_is_not_a_number_at_least_0(slope):
+    """Found by the config fuzz test: encoder.backbone.negative_slope=null built the CNN and failed in its first
+    forward pass, a TypeError traceback."""
+    with pytest.raises(ValueError, match="encoder.backbone.negative_slope must be a number >= 0"):
+        PamiCNN(1, negative_slope=slope)

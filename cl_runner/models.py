@@ -159,7 +159,7 @@ class TorchvisionBackbone(nn.Module):
     def _blank_features(self, side: int) -> torch.Tensor:
         """The features of one blank image of side x side, in eval mode and without gradients."""
         training = self.training
-        self.eval()
+        self.train(False)  # eval mode: batch norm uses its running statistics
         try:
             with torch.no_grad():
                 like = next(self.parameters())

@@ -19,7 +19,7 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import distributed, experiment, run_folder, sweep_progress
+from cl_runner import distributed, experiment, run_folder, search, sweep_progress
 from cl_runner.config import validate
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
@@ -232,6 +232,7 @@ def main() -> None:
 
     try:
         check_output_folders(sys.argv[1:])
+        search.register()
         if world.is_distributed:
             join_run(world)
         cl_run()

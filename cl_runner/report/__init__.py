@@ -4,7 +4,8 @@ differences between scenarios that share their seeds' random draws, one figure o
 Runs at the end of `cl-run -m` (a Hydra callback) and as `cl-report DIR`.
 
 Files: results.md (scenarios and comparisons), results.csv (one row per job, with its seed), scenarios.csv
-(mean and interval per metric), comparisons.csv, results.png, tsne_grid.png."""
+(mean and interval per metric), comparisons.csv, results.png, tsne_grid.png. A search's folder (an Optuna study,
+cl_runner.search) gets a search's report instead: report/study.py."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,7 @@ from cl_runner import atomic, run_folder
 from cl_runner.report.comparisons import default_factors
 from cl_runner.report.figures import save_results_png, save_tsne_grid
 from cl_runner.report.jobs import factor_columns, load_jobs
+from cl_runner.report.study import build_search_report, is_search
 from cl_runner.report.tables import (comparison_table, comparisons_csv, csv_table, interval_table, job_table,
                                      report_markdown)
 
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
     """Write the report's files into `sweep_dir` (see the module's docstring); `compare`: the factors whose
     levels are compared pairwise (default: every factor that varies, but the data set). Returns results.md."""
+    if is_search(sweep_dir):
+        if compare:
+            raise ValueError("--compare: a search's trials are not a grid of factors; its report lists them")
+        return build_search_report(sweep_dir)
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir} holds no cl-run job folders (none has a status.json)")

@@ -80,13 +80,18 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
 def sweep_order(sweep_dir: Path) -> dict[str, list[str]]:
     """The values each swept key takes, in the order the sweep lists them (the experiment's sweeper params and
     the command line's `key=a,b,c`), from the multirun.yaml Hydra writes into the sweep folder."""
-    hydra_cfg = (_read(sweep_dir / "multirun.yaml", yaml.safe_load) or {}).get("hydra", {})
+    hydra_cfg = sweep_config(sweep_dir).get("hydra", {})
     swept = dict(hydra_cfg.get("sweeper", {}).get("params") or {})
     for override in hydra_cfg.get("overrides", {}).get("task", []):
         key, _, value = override.partition("=")
         swept[key] = value
     return {key: [v.strip() for v in str(value).split(",")] for key, value in swept.items()
             if "," in str(value) and key not in NOT_FACTORS}
+
+
+def sweep_config(sweep_dir: Path) -> dict:
+    """The sweep's composed config, Hydra's part included, as Hydra wrote it into the folder (multirun.yaml)."""
+    return _read(sweep_dir / "multirun.yaml", yaml.safe_load) or {}
 
 
 def _read(path: Path, parse):

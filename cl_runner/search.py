@@ -1,0 +1,161 @@
+"""Hyperparameter search with Hydra's Optuna sweeper (the hydra-optuna-sweeper plugin), run as cl-run runs its
+grid sweeps: `cl-run -m hydra/sweeper=optuna ...` (`SearchConf`) maximizes `search.objective`,
+a validation figure of metrics.json; the test set plays no part in choosing.
+
+The plugin asks Optuna for trials, launches them with the sweep's launcher and tells Optuna their values. On top
+of it, `OptunaSearch` keeps the study in the sweep folder (SQLite) and makes running the same command again
+continue it, as a grid sweep does: `hydra.sweeper.n_trials` is the study's total, finished trials are kept, and
+a trial that a killed or stopped search left running is run again with the same parameters (Optuna's own way of
+retrying a trial: it is marked failed and its parameters are enqueued); its job folder then resumes from its
+checkpoint. A trial whose job fails is recorded as failed, with the job's error, and the search goes on.
+
+Optuna itself is imported where a search runs (it takes seconds to import), not by every cl-run."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig, OmegaConf
+
+from cl_runner import atomic, run_folder
+from cl_runner.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+STUDY_FILE = "search.db"  # the study's SQLite file in the sweep folder
+# what a search may maximize: the validation split's figures (metrics.json `val`: the standard protocol's probes,
+# fitted on the training images and scored on the held-out ones)
+OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.knn_top1", "val.cosine_knn_top1")
+INTERRUPTED = "interrupted"  # user attribute of a trial left running by a stopped search: its rerun's number
+
+
+@dataclass
+class SearchConf(OptunaSweeperConf):
+    """`hydra/sweeper=optuna`: the plugin's settings (any of them can be set as hydra.sweeper.KEY=VALUE: sampler
+    tpe | random | cmaes | grid, sampler.seed, ...), with cl-run's defaults. The search space goes in
+    hydra.sweeper.params or on the command line, in Hydra's syntax: interval(a,b) for floats, tag(log,
+    interval(a,b)) on a log scale, range(a,b) for integers, choice(x,y,z)."""
+
+    _target_: str = "hydra_plugins.cl_runner_search.OptunaSearch"
+    direction: Any = "maximize"  # search.objective: an accuracy
+    storage: Optional[Any] = f"sqlite:///${{hydra.sweep.dir}}/{STUDY_FILE}"  # the study lives in the sweep folder
+    study_name: Optional[str] = "search"
+    n_trials: int = 20  # the study's total: run again, the search runs only the trials still missing
+    n_jobs: Any = "${local_sweep_jobs:}"  # trials launched together (the local launcher's jobs at once)
+    max_failure_rate: float = 1.0  # a failed trial is recorded as failed, and the search goes on
+
+
+def register() -> None:
+    """Make `hydra/sweeper=optuna` select `SearchConf` and its sweeper class. The plugin registers its own config
+    under that name when Hydra scans its plugins (once per process, re-running the plugins' modules), so this
+    scans them first; the class is registered by hand, as Hydra's scan misses it in an editable install."""
+    from hydra_plugins.cl_runner_search import OptunaSearch
+
+    Plugins.instance().register(OptunaSearch)
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=SearchConf, provider="cl_runner")
+
+
+class TrialFailed(Exception):
+    """A trial's job ended without its objective (its error is in its folder's status.json and errors.log)."""
+
+
+def objective_value(metrics: dict, objective: str) -> float:
+    """The figure `objective` (e.g. `val.cosine_knn_top1`) of a job's metrics, as the search maximizes it."""
+    if "error" in metrics:
+        raise TrialFailed(metrics["error"])
+    part, _, name = objective.partition(".")
+    value = metrics.get(part, {}).get(name)
+    if not isinstance(value, (int, float)):
+        raise TrialFailed(f"the run's metrics.json has no {objective}")
+    return float(value)
+
+
+class TrialObjective:
+    """A trial's task function: the job as cl-run runs it (`task`), returning its `search.objective`."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __call__(self, cfg: DictConfig) -> float:
+        return objective_value(self.task(cfg), cfg.search.objective)
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """A search maximizes a validation figure, so that nothing is tuned on the test set."""
+    objective = cfg.search.objective
+    if objective not in OBJECTIVES:
+        raise UserError(f"search.objective={objective}: a search maximizes a validation figure, one of "
+                        f"{', '.join(OBJECTIVES)} (never a test figure)")
+    if not cfg.dataset.get("val_fraction"):
+        raise UserError(f"search.objective={objective} needs a validation split: set dataset.val_fraction "
+                        "(e.g. 0.1)")
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards `n_trials`: completed or failed, not those a stopped search left behind."""
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and INTERRUPTED not in t.user_attrs)
+               for t in study.get_trials(deepcopy=False))
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Run again the trials a killed or stopped search left running: each is marked failed, with the number of
+    the trial that reruns its parameters, and its parameters are enqueued (asked first). Returns how many."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.enqueue_trial(trial.params)
+        rerun = len(study.get_trials(deepcopy=False)) - 1
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, rerun)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def route_optuna_logs() -> None:
+    """Optuna's log lines through Hydra's logging (the console and the sweep's log, in one format)."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+def run_search(plugin, sweep: Callable[[], None]) -> None:
+    """Continue the study in the sweep folder with the plugin (`OptunaSweeperImpl`, set up): check the objective,
+    hold the folder, run again the trials a stopped search left running, then `sweep` (the plugin's own) for
+    the trials still missing of `n_trials`."""
+    import optuna
+
+    check_objective(plugin.config)
+    sweep_dir = Path(plugin.config.hydra.sweep.dir)
+    run_folder.check_writable(sweep_dir)
+    if not run_folder.hold(sweep_dir):
+        raise UserError(f"{sweep_dir} is being searched by another cl-run process; wait for it or give this "
+                        "search another hydra.sweep.dir")
+    try:  # the sweep's config, as Hydra's own sweeper writes it (the report reads the search's settings there)
+        atomic.write_bytes(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(plugin.config).encode())
+        study = optuna.create_study(study_name=plugin.study_name, storage=plugin.storage,
+                                    directions=plugin._get_directions(), load_if_exists=True)
+        resumed = requeue_interrupted(study)
+        done = finished(study)
+        total, plugin.n_trials = plugin.n_trials, max(plugin.n_trials - done, 0)
+        log.info("search %s: %d of %d trials finished earlier, %d to run (%d interrupted, run again)",
+                 sweep_dir, done, total, plugin.n_trials, resumed)
+        if plugin.n_trials == 0:
+            return
+        try:
+            sweep()
+        except ValueError as err:  # the plugin's closing summary, when every trial failed
+            if "No trials are completed yet" not in str(err):
+                raise
+            log.error("search %s: no trial completed", sweep_dir)
+    finally:
+        run_folder.release(sweep_dir)

@@ -1,0 +1,18 @@
+"""cl-run's Optuna sweeper, `hydra/sweeper=optuna`: Hydra instantiates sweepers from its plugin namespace only, so
+the class lives here; what it adds to hydra-optuna-sweeper's is cl_runner.search's."""
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+from cl_runner import search
+
+
+class OptunaSearch(OptunaSweeper):
+    """The Optuna sweeper of hydra-optuna-sweeper, maximizing `search.objective` and continuing its study, kept in
+    the sweep folder, when run again (cl_runner.search)."""
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        search.route_optuna_logs()
+        super().setup(hydra_context=hydra_context, task_function=search.TrialObjective(task_function),
+                      config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        search.run_search(self.sweeper, lambda: super(OptunaSearch, self).sweep(arguments))

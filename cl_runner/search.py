@@ -13,6 +13,7 @@ Optuna itself is imported where a search runs (it takes seconds to import), not 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -66,6 +67,15 @@ class TrialFailed(Exception):
     """A trial's job ended without its objective (its error is in its folder's status.json and errors.log)."""
 
 
+def import_optuna():
+    """optuna, imported where a search runs, without SQLAlchemy's warning about its 2.0 API, which optuna 2.10
+    predates (pyproject pins sqlalchemy<2)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Deprecated API features detected")
+        import optuna
+    return optuna
+
+
 def objective_value(metrics: dict, objective: str) -> float:
     """The figure `objective` (e.g. `val.cosine_knn_top1`) of a job's metrics, as the search maximizes it."""
     if "error" in metrics:
@@ -106,14 +116,23 @@ def finished(study: optuna.Study) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
+def completed(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def requeue_interrupted(study: optuna.Study) -> int:
     """Run again the trials a killed or stopped search left running: each is marked failed, with the number of
     the trial that reruns its parameters, and its parameters are enqueued (asked first). Returns how many."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.trial import TrialState
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        study.enqueue_trial(trial.params)
+        with warnings.catch_warnings():  # experimental since optuna 1.2, and what optuna's own retries use
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.enqueue_trial(trial.params)
         rerun = len(study.get_trials(deepcopy=False)) - 1
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, rerun)
         study.tell(trial.number, state=TrialState.FAIL)
@@ -121,19 +140,19 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 
 def route_optuna_logs() -> None:
-    """Optuna's log lines through Hydra's logging (the console and the sweep's log, in one format)."""
-    import optuna
-
+    """Optuna's log lines through Hydra's logging (the console and the sweep's log, in one format); its database
+    migrations' (alembic's) only when they warn."""
+    optuna = import_optuna()
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def run_search(plugin, sweep: Callable[[], None]) -> None:
     """Continue the study in the sweep folder with the plugin (`OptunaSweeperImpl`, set up): check the objective,
     hold the folder, run again the trials a stopped search left running, then `sweep` (the plugin's own) for
     the trials still missing of `n_trials`."""
-    import optuna
-
+    optuna = import_optuna()
     check_objective(plugin.config)
     sweep_dir = Path(plugin.config.hydra.sweep.dir)
     run_folder.check_writable(sweep_dir)
@@ -153,8 +172,8 @@ def run_search(plugin, sweep: Callable[[], None]) -> None:
             return
         try:
             sweep()
-        except ValueError as err:  # the plugin's closing summary, when every trial failed
-            if "No trials are completed yet" not in str(err):
+        except ValueError:  # the plugin's closing summary finds no best trial when every trial failed
+            if finished(study) == done or completed(study):
                 raise
             log.error("search %s: no trial completed", sweep_dir)
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cl_runner import atomic, export, run_folder
 from cl_runner.report.jobs import METRICS, NAMES, SUMMARY, Job, label, load_jobs, sweep_config
 from cl_runner.report.tables import csv_table, markdown_table
-from cl_runner.search import INTERRUPTED, STUDY_FILE
+from cl_runner.search import INTERRUPTED, STUDY_FILE, import_optuna
 
 FRESH_SEEDS = 5  # seeds the report's command measures the best setting on
 
@@ -56,7 +56,7 @@ def is_search(sweep_dir: Path) -> bool:
 
 def load_search(sweep_dir: Path) -> Search:
     """The study in `sweep_dir`'s search.db with each trial's job folder (matched by its parameters' overrides)."""
-    import optuna
+    optuna = import_optuna()
     from optuna.trial import TrialState
 
     config = sweep_config(sweep_dir)
@@ -66,7 +66,8 @@ def load_search(sweep_dir: Path) -> Search:
         study = optuna.load_study(study_name=sweeper.get("study_name") or "search",
                                   storage=f"sqlite:///{sweep_dir / STUDY_FILE}")
     except Exception as err:  # noqa: BLE001 - a broken or foreign file: said in one line
-        raise ValueError(f"cannot read the search's study in {sweep_dir / STUDY_FILE}: {err}") from err
+        first = next(iter(str(err).strip().splitlines()), type(err).__name__)
+        raise ValueError(f"cannot read the search's study in {sweep_dir / STUDY_FILE}: {first}") from err
     jobs = load_jobs(sweep_dir)
     trials, log_scaled = [], set()
     for frozen in study.get_trials(deepcopy=False):
@@ -133,7 +134,7 @@ def _scores(job: Job, rows: list[tuple[str, str]], parts: list[tuple[str, str]])
     return table
 
 
-def report_markdown(search: Search) -> str:
+def report_markdown(search: Search, figure: bool) -> str:
     trials = search.trials
     counts = {state: sum(t.state == state for t in trials) for state in dict.fromkeys(t.state for t in trials)}
     best = search.best
@@ -166,7 +167,9 @@ def report_markdown(search: Search) -> str:
                   "search did not use (a grid sweep, with intervals and the random initialization) before "
                   "reporting it:", "", f"    {remeasure_command(search, best)}", ""]
     lines += ["## Trials", "", "Each trial's exact parameters and job folder: trials.csv.", "",
-              markdown_table(*trials_table(search)), "![the search's trials](search.png)", ""]
+              markdown_table(*trials_table(search))]
+    if figure:
+        lines += ["![the search's trials](search.png)", ""]
     return "\n".join(lines)
 
 
@@ -219,7 +222,7 @@ def save_search_png(path: Path, search: Search) -> bool:
 def build_search_report(sweep_dir: Path) -> Path:
     """Write the search's report (module docstring) into `sweep_dir`; returns results.md."""
     search = load_search(sweep_dir)
-    atomic.write_bytes(sweep_dir / "results.md", report_markdown(search).encode())
+    figure = save_search_png(sweep_dir / "search.png", search)
+    atomic.write_bytes(sweep_dir / "results.md", report_markdown(search, figure).encode())
     atomic.write_bytes(sweep_dir / "trials.csv", csv_table(*trials_table(search, full=True)).encode())
-    save_search_png(sweep_dir / "search.png", search)
     return sweep_dir / "results.md"

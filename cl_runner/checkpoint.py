@@ -9,11 +9,11 @@ import pickle
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from cl_runner import atomic
 from cl_runner.errors import UserError
@@ -56,10 +56,19 @@ class LoopPosition:
     epoch_loss_sum: float = 0.0
 
 
+class Stateful(Protocol):
+    """What a checkpoint holds a part of the run by: a model, a loss, an optimizer, a schedule, a grad scaler."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> object: ...
+
+
 class Checkpointer:
-    """Saves and restores model, the loss's own state (a momentum encoder, a queue), optimizer, learning-rate
-    schedule, grad scaler, every RNG (python, numpy, torch, CUDA, the training streams) and the position in
-    training, as one file replaced atomically. In a distributed run every process holds the same state, so rank 0
+    """Saves and restores the run's parts (`states`, by their keys in the file: the model, the loss's own state
+    such as a momentum encoder or a queue, optimizer, learning-rate schedule, grad scaler, the online monitor's
+    head; None for one the run has not), every RNG (python, numpy, torch, CUDA, the training `streams`) and the
+    position in training, as one file replaced atomically. In a distributed run every process holds the same state, so rank 0
     alone writes (`writes`) and every process restores from that one file.
 
     A save copies the state on the training thread (`snapshot`: to the host, so that training can go on changing
@@ -68,14 +77,10 @@ class Checkpointer:
     full disk, a read-only folder), as does the next save; leaving a `with checkpointer:` block waits too, so that
     no write outlives training."""
 
-    def __init__(self, run_dir: Path, encoder: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, streams: TrainingStreams, schedule=None, writes: bool = True,
-                 monitor=None):
+    def __init__(self, run_dir: Path, states: dict[str, Stateful | None], streams: TrainingStreams,
+                 writes: bool = True):
         self.path, self.previous, self.writes = run_dir / CHECKPOINT_FILE, run_dir / PREVIOUS_FILE, writes
-        self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
-        self.scaler, self.streams = scaler, streams
-        self.schedule = schedule
-        self.monitor = monitor  # the online monitor's head and its optimizer (eval.monitor_every), if any
+        self.states, self.streams = states, streams
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.writing: Future | None = None
 
@@ -87,11 +92,7 @@ class Checkpointer:
     def payload(self, state: LoopPosition) -> dict:
         """What a checkpoint holds, as the bound objects give it now: their own tensors, not copies."""
         return {
-            "encoder": self.encoder.state_dict(),
-            "loss": self.loss_fn.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            **{key: None if part is None else part.state_dict() for key, part in self.states.items()},
             "rng": {"python": random.getstate(), "numpy": numpy_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "streams": self.streams.state_dict()},
@@ -99,7 +100,6 @@ class Checkpointer:
                          "order": None if state.order is None else state.order.cpu(),
                          "epoch_loss_sum": state.epoch_loss_sum},
             "stats": vars(state.record),
-            "monitor": None if self.monitor is None else self.monitor.state_dict(),
         }
 
     def save(self, state: LoopPosition, wait: bool = False) -> str:
@@ -150,14 +150,9 @@ class Checkpointer:
                 raise
             log.warning("%s; resuming from the checkpoint before it, %s", damaged, self.previous)
             payload = load_payload(self.previous)
-        self.encoder.load_state_dict(payload["encoder"])
-        self.loss_fn.load_state_dict(payload["loss"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
-        if self.schedule is not None:
-            self.schedule.load_state_dict(payload["schedule"])
-        if self.monitor is not None:
-            self.monitor.load_state_dict(payload.get("monitor"))
+        for key, part in self.states.items():
+            if part is not None:
+                part.load_state_dict(payload.get(key))  # None: a part the run that wrote the file did not have
         rng = payload["rng"]
         random.setstate(rng["python"])
         set_numpy_state(rng["numpy"])

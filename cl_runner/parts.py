@@ -111,8 +111,9 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
         objective.to(memory_format=Compute(channels_last=cfg.channels_last).memory_format)
         objective = torch.nn.parallel.DistributedDataParallel(objective)
     return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, schedule,
-                         Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule,
-                                      writes=world.is_main, monitor=monitor), objective, monitor)
+                         Checkpointer(run_dir, {"encoder": encoder, "loss": loss_fn, "optimizer": optimizer,
+                                                "scaler": scaler, "schedule": schedule, "monitor": monitor},
+                                      streams, writes=world.is_main), objective, monitor)
 
 
 def build_encoder(cfg: DictConfig, channels: int, device: torch.device) -> nn.Module:

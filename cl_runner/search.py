@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.config import (CmaEsSamplerConfig, MOTPESamplerConfig, NSGAIISamplerConfig,
+                                                       OptunaSweeperConf, RandomSamplerConfig, TPESamplerConfig)
 from omegaconf import DictConfig, OmegaConf
 
 from cl_runner import atomic, run_folder
@@ -37,10 +38,15 @@ OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.knn_top1", "val.cosine_
 INTERRUPTED = "interrupted"  # user attribute of a trial left running by a stopped search: its rerun's number
 
 
+SAMPLER_SEED = 0  # the samplers' default seed (hydra.sweeper.sampler.seed); the plugin's is None, a fresh draw
+SEEDED_SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
+                   "nsgaii": NSGAIISamplerConfig, "motpe": MOTPESamplerConfig}
+
+
 @dataclass
 class SearchConf(OptunaSweeperConf):
     """`hydra/sweeper=optuna`: the plugin's settings (any of them can be set as hydra.sweeper.KEY=VALUE: sampler
-    tpe | random | cmaes | grid, sampler.seed, ...), with cl-run's defaults. The search space goes in
+    tpe | random | cmaes | grid, sampler.seed, ...), with cl-run's defaults (and the samplers seeded). The search space goes in
     hydra.sweeper.params or on the command line, in Hydra's syntax: interval(a,b) for floats, tag(log,
     interval(a,b)) on a log scale, range(a,b) for integers, choice(x,y,z)."""
 
@@ -60,7 +66,10 @@ def register() -> None:
     from hydra_plugins.cl_runner_search import OptunaSearch
 
     Plugins.instance().register(OptunaSearch)
-    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=SearchConf, provider="cl_runner")
+    store = ConfigStore.instance()
+    store.store(group="hydra/sweeper", name="optuna", node=SearchConf, provider="cl_runner")
+    for name, sampler in SEEDED_SAMPLERS.items():  # a search run again from scratch asks for the same trials
+        store.store(group="hydra/sweeper/sampler", name=name, node=sampler(seed=SAMPLER_SEED), provider="cl_runner")
 
 
 class TrialFailed(Exception):
@@ -176,5 +185,8 @@ def run_search(plugin, sweep: Callable[[], None]) -> None:
             if finished(study) == done or completed(study):
                 raise
             log.error("search %s: no trial completed", sweep_dir)
+        except RuntimeError as err:  # the grid sampler's stop at the grid's end, which the plugin lets escape
+            if "Study.stop" not in str(err):  # when the grid's last trial failed (its state is stored first)
+                raise
     finally:
         run_folder.release(sweep_dir)

@@ -20,7 +20,10 @@ from cl_runner.runtime import runs_in_worker
 
 def sweep_size(config: DictConfig) -> int | None:
     """How many jobs the sweep's overrides and `hydra.sweeper.params` make (Hydra's basic sweeper's product of
-    their values), or None where they cannot be counted here (a sweep over a glob of a group's options)."""
+    their values), a search's `n_trials`, or None where they cannot be counted here (a sweep over a glob of a
+    group's options)."""
+    if "n_trials" in config.hydra.sweeper:
+        return config.hydra.sweeper.n_trials
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     try:
         overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])

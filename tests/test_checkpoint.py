@@ -120,7 +120,8 @@ def digits_training(run_dir: Path) -> TrainingParts:
                                       warmup_epochs=1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
     return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, schedule,
-                         Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams, schedule))
+                         Checkpointer(run_dir, {"encoder": encoder, "loss": loss_fn, "optimizer": optimizer,
+                                                "scaler": scaler, "schedule": schedule}, streams))
 
 
 class SlowWrites:

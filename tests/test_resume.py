@@ -125,7 +125,8 @@ def digit_triplets(run_dir: Path, loss_fn: Loss) -> TrainingParts:
     encoder = PamiCNN(1)
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-    checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams)
+    checkpointer = Checkpointer(run_dir, {"encoder": encoder, "loss": loss_fn, "optimizer": optimizer,
+                                          "scaler": scaler, "schedule": None}, streams)
     return TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer)
 
 
@@ -182,7 +183,8 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
         loss_fn.setup(encoder, batch_size=64)
         optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)  # MoCo's own parts take no gradient
         scaler = make_grad_scaler(torch.device("cpu"), "fp32")
-        checkpointer = Checkpointer(run_dir, encoder, loss_fn, optimizer, scaler, streams)
+        checkpointer = Checkpointer(run_dir, {"encoder": encoder, "loss": loss_fn, "optimizer": optimizer,
+                                              "scaler": scaler, "schedule": None}, streams)
         return encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer
 
     def train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, stop_signal):

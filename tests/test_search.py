@@ -149,10 +149,19 @@ def test_a_search_runs_its_trials_reports_them_and_continues_to_a_larger_total(t
     assert f"temperature: {best.params['loss.temperature']}" in config
 
 
+def test_a_search_run_again_from_scratch_asks_for_the_same_trials(tmp_path, capfd):
+    quick = [*SEARCH, "epochs=0", "eval.baseline=false", "hydra.sweeper.n_trials=1"]
+    for sweep in ("a", "b"):
+        assert run_main([*quick, f"hydra.sweep.dir={sweep}"], tmp_path, capfd)[0] == 0
+    assert study_of(tmp_path / "a").trials[0].params == study_of(tmp_path / "b").trials[0].params  # seeded sampler
+    assert run_main([*quick, "hydra.sweeper.sampler.seed=1", "hydra.sweep.dir=c"], tmp_path, capfd)[0] == 0
+    assert study_of(tmp_path / "c").trials[0].params != study_of(tmp_path / "a").trials[0].params
+
+
 def test_a_failed_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, capfd):
     args = [*SEARCH[:-2], "loss.temperature=choice(0.5,-1.0)", "hydra/sweeper/sampler=grid", "hydra.sweep.dir=s"]
     code, out, err = run_main(args, tmp_path, capfd)
-    assert code == 2  # a job failed, as in a grid sweep: the others ran, the report was written
+    assert code == 2, err[-3000:]  # a job failed, as in a grid sweep: the others ran, the report was written
     assert "loss.temperature must be > 0, got -1.0" in err.strip().splitlines()[-1]
     trials = {t.params["loss.temperature"]: t for t in study_of(tmp_path / "s").get_trials()}
     assert trials[0.5].state == TrialState.COMPLETE and trials[-1.0].state == TrialState.FAIL
@@ -160,9 +169,12 @@ def test_a_failed_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_pa
     assert rows["-1.0"]["state"] == "failed" and "loss.temperature must be > 0, got -1.0" in rows["-1.0"]["note"]
     assert f"## Best setting: trial {trials[0.5].number}" in (tmp_path / "s" / "results.md").read_text()
 
-    code, out, err = run_main([*SEARCH[:-2], "loss.temperature=choice(-1.0)", "hydra.sweep.dir=t"], tmp_path, capfd)
-    assert code == 2 and "Traceback" not in err  # every trial failed: said, reported, no traceback
-    assert "No trial completed" in (tmp_path / "t" / "results.md").read_text()
+    for sampler, sweep in (("tpe", "t"), ("grid", "u")):  # every trial failed: said, reported, no traceback
+        code, out, err = run_main([*SEARCH[:-2], "loss.temperature=choice(-1.0)", "hydra.sweeper.n_trials=2",
+                                   f"hydra/sweeper/sampler={sampler}", f"hydra.sweep.dir={sweep}"], tmp_path, capfd)
+        assert code == 2 and "Traceback" not in err, err[-3000:]
+        assert "No trial completed" in (tmp_path / sweep / "results.md").read_text()
+        assert {t.state for t in study_of(tmp_path / sweep).trials} == {TrialState.FAIL}
 
 
 def test_cl_report_says_in_one_line_that_a_search_file_is_broken(tmp_path):

@@ -28,6 +28,9 @@ def test_a_sweep_has_the_product_of_its_swept_values_in_jobs():
     assert sweep_size(sweep_config(["seed=range(5)", "loss=triplet,ntxent"])) == 10
     assert sweep_size(sweep_config(["epochs=1"])) == 1
     assert sweep_size(sweep_config(["loss=glob(*)"])) is None  # needs the config's options: not counted
+    search = sweep_config(["loss.temperature=interval(0.1,1.0)"])
+    search.hydra.sweeper.n_trials = 7
+    assert sweep_size(search) == 7  # an Optuna search: its trials
 
 
 def test_the_jobs_of_a_sweep_folder_are_counted_by_their_status(tmp_path):

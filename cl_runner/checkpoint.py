@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cl_runner import atomic
-from cl_runner.errors import UserError
+from cl_runner.errors import UserError, first_line
 from cl_runner.randomness import TrainingStreams
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class Checkpointer:
     """Saves and restores the run's parts (`states`, by their keys in the file: the model, the loss's own state
     such as a momentum encoder or a queue, optimizer, learning-rate schedule, grad scaler, the online monitor's
     head; None for one the run has not), every RNG (python, numpy, torch, CUDA, the training `streams`) and the
-    position in training, as one file replaced atomically. In a distributed run every process holds the same state, so rank 0
-    alone writes (`writes`) and every process restores from that one file.
+    position in training, as one file replaced atomically. In a distributed run every process holds the same
+    state, so rank 0 alone writes (`writes`) and every process restores from that one file.
 
     A save copies the state on the training thread (`snapshot`: to the host, so that training can go on changing
     the originals) and serializes and writes that copy in a background thread while training goes on; one write at
@@ -131,7 +131,7 @@ class Checkpointer:
         try:
             self.wait()
         except Exception as failed:
-            log.error("the last checkpoint was not written: %s", one_line(failed))
+            log.error("the last checkpoint was not written: %s", first_line(failed))
 
     def _write(self, payload: dict) -> None:
         buffer = io.BytesIO()
@@ -180,10 +180,10 @@ def load_payload(path: Path) -> dict:
     except pickle.UnpicklingError as err:
         raise UserError(f"{path} holds objects other than tensors and plain values (a checkpoint of a cl-run before "
                         f"2026-11-29 holds numpy arrays; any other may hold code): refused, and nothing in it was "
-                        f"run ({one_line(err)})") from err
+                        f"run ({first_line(err)})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise DamagedCheckpoint(f"{path} cannot be read: it is damaged or not a checkpoint ({one_line(err)}); restore it "
-                        "from a copy, or start the run again in a new folder") from err
+        raise DamagedCheckpoint(f"{path} cannot be read: it is damaged or not a checkpoint ({first_line(err)}); "
+                                "restore it from a copy, or start the run again in a new folder") from err
     if not isinstance(payload, dict) or not CHECKPOINT_KEYS <= payload.keys():
         lacking = f" (it lacks {sorted(CHECKPOINT_KEYS - set(payload))})" if isinstance(payload, dict) else ""
         raise DamagedCheckpoint(f"{path} is not a cl-run checkpoint{lacking}")
@@ -216,10 +216,6 @@ def snapshot(value):
     for gpu in gpus:
         torch.cuda.current_stream(gpu).synchronize()
     return result
-
-
-def one_line(err: BaseException) -> str:
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def numpy_state() -> dict:

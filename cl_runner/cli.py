@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cl_runner import distributed, experiment, run_folder, search, sweep_progress
 from cl_runner.config import validate
 from cl_runner.distributed import World
-from cl_runner.errors import UserError
+from cl_runner.errors import UserError, first_line
 from cl_runner.interruption import Interrupted
 from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
 
@@ -175,7 +175,7 @@ def crash_line(err: BaseException) -> str:
 def one_line(err: BaseException) -> str:
     """The first line of an error's message, with the options Hydra lists for an unknown group option."""
     options = getattr(err, "options", None)
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    first = first_line(err)
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
         first = str(err.__cause__)
     elif isinstance(err, InstantiationException) and isinstance(err.__cause__, (TypeError, ValueError)):

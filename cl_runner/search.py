@@ -25,7 +25,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import (CmaEsSamplerConfig, MOTPE
 from omegaconf import DictConfig, OmegaConf
 
 from cl_runner import atomic, run_folder
-from cl_runner.errors import UserError
+from cl_runner.errors import UserError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -36,8 +36,6 @@ STUDY_FILE = "search.db"  # the study's SQLite file in the sweep folder
 # fitted on the training images and scored on the held-out ones)
 OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.knn_top1", "val.cosine_knn_top1")
 INTERRUPTED = "interrupted"  # user attribute of a trial left running by a stopped search: its rerun's number
-
-
 SAMPLER_SEED = 0  # the samplers' default seed (hydra.sweeper.sampler.seed); the plugin's is None, a fresh draw
 SEEDED_SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
                    "nsgaii": NSGAIISamplerConfig, "motpe": MOTPESamplerConfig}
@@ -46,9 +44,9 @@ SEEDED_SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmae
 @dataclass
 class SearchConf(OptunaSweeperConf):
     """`hydra/sweeper=optuna`: the plugin's settings (any of them can be set as hydra.sweeper.KEY=VALUE: sampler
-    tpe | random | cmaes | grid, sampler.seed, ...), with cl-run's defaults (and the samplers seeded). The search space goes in
-    hydra.sweeper.params or on the command line, in Hydra's syntax: interval(a,b) for floats, tag(log,
-    interval(a,b)) on a log scale, range(a,b) for integers, choice(x,y,z)."""
+    tpe | random | cmaes | grid, sampler.seed, ...) with cl-run's defaults, the samplers seeded. The search space
+    goes in hydra.sweeper.params or on the command line, in Hydra's syntax: interval(a,b) for floats,
+    tag(log,interval(a,b)) on a log scale, range(a,b) for integers, choice(x,y,z)."""
 
     _target_: str = "hydra_plugins.cl_runner_search.OptunaSearch"
     direction: Any = "maximize"  # search.objective: an accuracy
@@ -170,8 +168,11 @@ def run_search(plugin, sweep: Callable[[], None]) -> None:
                         "search another hydra.sweep.dir")
     try:  # the sweep's config, as Hydra's own sweeper writes it (the report reads the search's settings there)
         atomic.write_bytes(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(plugin.config).encode())
-        study = optuna.create_study(study_name=plugin.study_name, storage=plugin.storage,
-                                    directions=plugin._get_directions(), load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=plugin.study_name, storage=plugin.storage,
+                                        directions=plugin._get_directions(), load_if_exists=True)
+        except Exception as err:  # noqa: BLE001 - a damaged or foreign file: said in one line
+            raise UserError(f"cannot open the search's study ({plugin.storage}): {first_line(err)}") from err
         resumed = requeue_interrupted(study)
         done = finished(study)
         total, plugin.n_trials = plugin.n_trials, max(plugin.n_trials - done, 0)

@@ -177,13 +177,18 @@ def test_a_failed_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_pa
         assert {t.state for t in study_of(tmp_path / sweep).trials} == {TrialState.FAIL}
 
 
-def test_cl_report_says_in_one_line_that_a_search_file_is_broken(tmp_path):
+def test_a_broken_study_file_is_one_line_for_cl_run_and_cl_report(tmp_path, capfd):
     sweep = tmp_path / "s"
     sweep.mkdir()
     (sweep / search.STUDY_FILE).write_bytes(b"not a database" * 100)
+    code, _, err = run_main([*SEARCH, "hydra.sweep.dir=s"], tmp_path, capfd)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "cl-run: error: cannot open the search's study (sqlite:///s/search.db): ")
     result = run_cli([str(sweep)], tmp_path, module="cl_runner.report")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"cl-report: error: cannot read the search's study in {sweep / 'search.db'}")
+    assert (sweep / search.STUDY_FILE).read_bytes() == b"not a database" * 100  # left as it was
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cl_runner import atomic, export, run_folder
+from cl_runner.errors import first_line
 from cl_runner.report.jobs import METRICS, NAMES, SUMMARY, Job, label, load_jobs, sweep_config
 from cl_runner.report.tables import csv_table, markdown_table
 from cl_runner.search import INTERRUPTED, STUDY_FILE, import_optuna
@@ -66,8 +67,7 @@ def load_search(sweep_dir: Path) -> Search:
         study = optuna.load_study(study_name=sweeper.get("study_name") or "search",
                                   storage=f"sqlite:///{sweep_dir / STUDY_FILE}")
     except Exception as err:  # noqa: BLE001 - a broken or foreign file: said in one line
-        first = next(iter(str(err).strip().splitlines()), type(err).__name__)
-        raise ValueError(f"cannot read the search's study in {sweep_dir / STUDY_FILE}: {first}") from err
+        raise ValueError(f"cannot read the search's study in {sweep_dir / STUDY_FILE}: {first_line(err)}") from err
     jobs = load_jobs(sweep_dir)
     trials, log_scaled = [], set()
     for frozen in study.get_trials(deepcopy=False):
@@ -117,7 +117,7 @@ def remeasure_command(search: Search, best: Trial) -> str:
     task = [o for o in hydra_cfg.get("overrides", {}).get("task", [])
             if o.partition("=")[0].lstrip("+~") not in {*best.params, "seed"}]
     hydra_overrides = [o for o in hydra_cfg.get("overrides", {}).get("hydra", [])
-                       if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "hydra.sweeper", "hydra/sweeper="))]
+                       if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "hydra.sweeper", "hydra/sweeper"))]
     words = [*task, *(f"{k}={v}" for k, v in best.params.items()), f"seed={','.join(map(str, seeds))}",
              *hydra_overrides, "hydra/sweeper=basic", "hydra.sweeper.params=null",
              f"hydra.sweep.dir={search.folder}-best"]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.config import (CmaEsSamplerConfig, MOTPESamplerConfig, NSGAIISamplerConfig,
                                                        OptunaSweeperConf, RandomSamplerConfig, TPESamplerConfig)
 from omegaconf import DictConfig, OmegaConf
@@ -146,6 +147,15 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
+def reseed(plugin, trials_so_far: int) -> None:
+    """A continued search's sampler draws from its seed plus the trials the study holds: with the seed alone it
+    would ask again for the first run's trials (the random start-up trials of TPE, say). A new study keeps the
+    seed as given, so the same command in a new folder asks for the same trials."""
+    sampler = plugin.config.hydra.sweeper.sampler
+    if trials_so_far and sampler.get("seed") is not None:
+        plugin.sampler = instantiate(sampler, seed=sampler.seed + trials_so_far)
+
+
 def route_optuna_logs() -> None:
     """Optuna's log lines through Hydra's logging (the console and the sweep's log, in one format); its database
     migrations' (alembic's) only when they warn."""
@@ -175,6 +185,7 @@ def run_search(plugin, sweep: Callable[[], None]) -> None:
             raise UserError(f"cannot open the search's study ({plugin.storage}): {first_line(err)}") from err
         resumed = requeue_interrupted(study)
         done = finished(study)
+        reseed(plugin, len(study.trials))
         total, plugin.n_trials = plugin.n_trials, max(plugin.n_trials - done, 0)
         log.info("search %s: %d of %d trials finished earlier, %d to run (%d interrupted, run again)",
                  sweep_dir, done, total, plugin.n_trials, resumed)

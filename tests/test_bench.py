@@ -1,4 +1,5 @@
-"""The pipeline benchmark runs with tiny settings and prints one valid JSON line (no timing assertions)."""
+"""The pipeline benchmark runs with tiny settings and prints one valid JSON line (no timing assertions). The
+scripts run as real processes, as a user runs them (the slow tier)."""
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ FIELDS = {"study_tuples_per_s", "floor_tuples_per_s", "cl_runner_tuples_per_s", 
           "pairing", "batch_size", "steps", "precision", "device", "device_name", "threads", "torch"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, extra, pairing", [
     ("triplet", [], "triplet"), ("cosine_embedding", [], "pair"),
     ("ntxent", ["--encoder", "resnet18", "--optimizer", "lars"], "multiview")])
@@ -30,6 +32,7 @@ def test_bench_pipeline_prints_a_table_and_json(tmp_path, loss, extra, pairing):
     assert all(figures[k] > 0 for k in FIELDS if k.endswith("_per_s") or k.startswith("c_over"))
 
 
+@pytest.mark.slow
 def test_profile_step_counts_the_operators_of_both_halves_of_a_step(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "profile_step.py"), "--steps", "2", "--warmup", "1", "--",

@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cl_runner import search
+from cl_runner.report import main as report_main
 from cl_runner.report.study import FRESH_SEEDS
 from conftest import DATA_ROOT, run_cli, run_main
 
@@ -131,7 +132,10 @@ def test_a_search_runs_its_trials_reports_them_and_continues_to_a_larger_total(t
     assert len(study_of(sweep).get_trials()) == 2
     code, out, err = run_main([*SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweep.dir=s"], tmp_path, capfd)
     assert code == 0 and "2 of 3 trials finished earlier, 1 to run" in out + err
-    assert [t.state for t in study_of(sweep).get_trials()] == [TrialState.COMPLETE] * 3
+    grown = study_of(sweep).get_trials()
+    assert [t.state for t in grown] == [TrialState.COMPLETE] * 3
+    assert grown[2].params not in [t.params for t in trials]  # a new draw, not the first run's first trial again
+    assert len(job_folders(sweep)) == 3
     assert {f.name: files_of(f) for f in job_folders(sweep) if f.name in kept} == kept  # untouched
     assert len(trials_csv(sweep)) == 3
 
@@ -185,26 +189,33 @@ def test_a_broken_study_file_is_one_line_for_cl_run_and_cl_report(tmp_path, capf
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(
         "cl-run: error: cannot open the search's study (sqlite:///s/search.db): ")
-    result = run_cli([str(sweep)], tmp_path, module="cl_runner.report")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"cl-report: error: cannot read the search's study in {sweep / 'search.db'}")
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(sweep)])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"cl-report: error: cannot read the search's study in {sweep / 'search.db'}")
     assert (sweep / search.STUDY_FILE).read_bytes() == b"not a database" * 100  # left as it was
 
 
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_run_again_resumes_that_trial_and_finishes_the_study(tmp_path):
-    args = [*SEARCH, "epochs=3", "hydra.sweeper.n_trials=3", "hydra/launcher=basic", "hydra.sweep.dir=s"]
+    """Trials 0 and 1 are launched together (n_jobs 2) and told to Optuna together, so the kill, in trial 1 after
+    its first checkpoint, leaves both running in the study although trial 0's job had completed."""
+    args = [*SEARCH, "epochs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra/launcher=basic",
+            "hydra.sweep.dir=s"]
     sweep = tmp_path / "s"
     process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path,
                                env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
 
+    def statuses() -> dict[Path, str]:
+        return {f: json.loads((f / "status.json").read_text()).get("status") for f in job_folders(sweep)}
+
     def second_trial_checkpointed() -> bool:
-        states = [json.loads((f / "status.json").read_text()).get("status") for f in job_folders(sweep)]
-        return states.count("completed") == 1 and any(
-            (f / "checkpoint.pt").exists() for f in job_folders(sweep)
-            if json.loads((f / "status.json").read_text()).get("status") == "running")
+        now = statuses()
+        return list(now.values()).count("completed") == 1 and any(
+            (f / "checkpoint.pt").exists() for f, status in now.items() if status == "running")
 
     while not second_trial_checkpointed():  # trial 1 has finished its first epoch
         assert process.poll() is None and time.monotonic() < deadline
@@ -212,25 +223,30 @@ def test_a_search_killed_mid_trial_run_again_resumes_that_trial_and_finishes_the
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = study_of(sweep).get_trials()
-    assert [t.state for t in killed] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert [t.state for t in killed] == [TrialState.RUNNING] * 2
+
     def folder_of(trial) -> Path:
         return next(f for f in job_folders(sweep) if f"loss.temperature={trial.params['loss.temperature']}," in f.name)
 
+    assert statuses()[folder_of(killed[0])] == "completed" and statuses()[folder_of(killed[1])] == "running"
     done = files_of(folder_of(killed[0]))
 
     again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    assert "1 of 3 trials finished earlier, 2 to run (1 interrupted, run again)" in log
-    assert "interrupted earlier, resuming from its checkpoint" in log
+    assert "0 of 3 trials finished earlier, 3 to run (2 interrupted, run again)" in log
+    assert log.count("completed earlier with this config, its metrics reused") == 1  # trial 0's job
+    assert log.count("interrupted earlier, resuming from its checkpoint") == 1  # trial 1's
     trials = study_of(sweep).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
-                                         TrialState.COMPLETE]
-    assert trials[1].user_attrs[search.INTERRUPTED] == 2 and trials[2].params == killed[1].params
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 3
+    assert [t.user_attrs[search.INTERRUPTED] for t in trials[:2]] == [2, 3]
+    assert [t.params for t in trials[2:4]] == [t.params for t in killed]
+    assert trials[4].params not in [t.params for t in killed]  # a new draw
     resumed = folder_of(killed[1])
     assert "resuming from" in (resumed / "cl_run.log").read_text()
     assert len(json.loads((resumed / "metrics.json").read_text())["train"]["epoch_losses"]) == 3
-    assert files_of(folder_of(killed[0])) == done  # the completed trial's job: not run again
+    assert files_of(folder_of(killed[0])) == done  # the completed job: not run again
+    assert trials[2].value == json.loads((folder_of(killed[0]) / "metrics.json").read_text())["val"]["cosine_knn_top1"]
     rows = trials_csv(sweep)
-    assert [r["state"] for r in rows] == ["completed", "interrupted", "completed", "completed"]
-    assert rows[1]["note"] == "run again as trial 2"
+    assert [r["state"] for r in rows] == ["interrupted", "interrupted", "completed", "completed", "completed"]
+    assert [r["note"] for r in rows[:2]] == ["run again as trial 2", "run again as trial 3"]

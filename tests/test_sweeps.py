@@ -81,10 +81,14 @@ def test_an_experiment_s_own_values_win_over_the_defaults(experiment):
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_runs(experiment, tmp_path, data_root, capfd):
-    code, _, err = run_main(["-m", f"experiment={experiment}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path, capfd)
+    search = experiment.startswith("search_")  # an Optuna search: a few of its trials
+    code, _, err = run_main(["-m", f"experiment={experiment}", *SMOKE, "hydra.sweep.dir=sweep",
+                             *(["hydra.sweeper.n_trials=2"] if search else [])], tmp_path, capfd)
     assert code == 0, err[-3000:]
     ran = scenarios(tmp_path / "sweep")
     assert ran and all(s["experiment"] == experiment for s in ran)
+    if search:
+        assert len(ran) == 2 and "## Best setting" in (tmp_path / "sweep" / "results.md").read_text()
     if experiment == "paper_grid":  # the study's 12 scenarios
         assert {(s["dataset"], s["aug"], s["loss"]) for s in ran} == {
             (d, a, loss) for d in ("mnist", "cifar10") for a in ("none", "guo", "simclr")

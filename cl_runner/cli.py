@@ -16,10 +16,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.errors import HydraException, InstantiationException
+from hydra_plugins.cl_runner_search import register as register_search
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import distributed, experiment, run_folder, search, sweep_progress
+from cl_runner import distributed, experiment, run_folder, sweep_progress
 from cl_runner.config import validate
 from cl_runner.distributed import World
 from cl_runner.errors import UserError, first_line
@@ -232,7 +233,7 @@ def main() -> None:
 
     try:
         check_output_folders(sys.argv[1:])
-        search.register()
+        register_search()
         if world.is_distributed:
             join_run(world)
         cl_run()

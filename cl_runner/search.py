@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.plugins import Plugins
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.config import (CmaEsSamplerConfig, MOTPESamplerConfig, NSGAIISamplerConfig,
                                                        OptunaSweeperConf, RandomSamplerConfig, TPESamplerConfig)
@@ -58,13 +57,10 @@ class SearchConf(OptunaSweeperConf):
     max_failure_rate: float = 1.0  # a failed trial is recorded as failed, and the search goes on
 
 
-def register() -> None:
-    """Make `hydra/sweeper=optuna` select `SearchConf` and its sweeper class. The plugin registers its own config
-    under that name when Hydra scans its plugins (once per process, re-running the plugins' modules), so this
-    scans them first; the class is registered by hand, as Hydra's scan misses it in an editable install."""
-    from hydra_plugins.cl_runner_search import OptunaSearch
-
-    Plugins.instance().register(OptunaSearch)
+def store_configs() -> None:
+    """Make `hydra/sweeper=optuna` select `SearchConf`, and the samplers seeded. The plugin stores its own configs
+    under those names when Hydra scans its plugins (once per process, re-running the plugins' modules), so this
+    runs after the scan (hydra_plugins.cl_runner_search.register)."""
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=SearchConf, provider="cl_runner")
     for name, sampler in SEEDED_SAMPLERS.items():  # a search run again from scratch asks for the same trials

@@ -148,11 +148,15 @@ def config_differences(run_dir: Path, config: DictConfig) -> list[str]:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return ["its config.yaml is unreadable"]
-    ours = OmegaConf.to_container(config, resolve=True)
+    return differences(saved, OmegaConf.to_container(config, resolve=True), ignore=("resume",))
+
+
+def differences(saved: dict, ours: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key=THERE there, HERE here` for each dotted key whose value differs between two configs (plain trees)."""
     saved_leaves, our_leaves = _leaves(saved), _leaves(ours)
     return sorted(f"{key}={saved_leaves.get(key)!r} there, {our_leaves.get(key)!r} here"
                   for key in saved_leaves.keys() | our_leaves.keys()
-                  if key != "resume" and saved_leaves.get(key) != our_leaves.get(key))
+                  if key not in ignore and saved_leaves.get(key) != our_leaves.get(key))
 
 
 def _leaves(tree, prefix: str = "") -> dict:

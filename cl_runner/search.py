@@ -36,6 +36,7 @@ STUDY_FILE = "search.db"  # the study's SQLite file in the sweep folder
 # fitted on the training images and scored on the held-out ones)
 OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.knn_top1", "val.cosine_knn_top1")
 INTERRUPTED = "interrupted"  # user attribute of a trial left running by a stopped search: its rerun's number
+BASE_CONFIG = "base_config"  # user attribute of the study: the config its trials start from (`check_same_base`)
 SAMPLER_SEED = 0  # the samplers' default seed (hydra.sweeper.sampler.seed); the plugin's is None, a fresh draw
 SEEDED_SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
                    "nsgaii": NSGAIISamplerConfig, "motpe": MOTPESamplerConfig}
@@ -143,6 +144,23 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
+def check_same_base(study: optuna.Study, config: DictConfig, sweep_dir: Path) -> None:
+    """A study continues only from the config its trials started from (the composed config without Hydra's part:
+    the command line's fixed overrides and the objective, not the searched values); run with another (other
+    epochs, another objective), it would rank trials that cannot be compared, so that is refused in one line.
+    The search space may change (widened around a best value at its edge, say)."""
+    base = OmegaConf.to_container(config, resolve=False)
+    base.pop("hydra", None)
+    saved = study.user_attrs.get(BASE_CONFIG)
+    if saved is None:
+        study.set_user_attr(BASE_CONFIG, base)
+        return
+    differing = run_folder.differences(saved, base)
+    if differing:
+        raise UserError(f"{sweep_dir} holds a search of another config ({', '.join(differing[:3])}"
+                        f"{', ...' if len(differing) > 3 else ''}); give this search another hydra.sweep.dir")
+
+
 def reseed(plugin, trials_so_far: int) -> None:
     """A continued search's sampler draws from its seed plus the trials the study holds: with the seed alone it
     would ask again for the first run's trials (the random start-up trials of TPE, say). A new study keeps the
@@ -179,6 +197,7 @@ def run_search(plugin, sweep: Callable[[], None]) -> None:
                                         directions=plugin._get_directions(), load_if_exists=True)
         except Exception as err:  # noqa: BLE001 - a damaged or foreign file: said in one line
             raise UserError(f"cannot open the search's study ({plugin.storage}): {first_line(err)}") from err
+        check_same_base(study, plugin.config, sweep_dir)
         resumed = requeue_interrupted(study)
         done = finished(study)
         reseed(plugin, len(study.trials))

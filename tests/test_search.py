@@ -162,6 +162,20 @@ def test_a_search_run_again_from_scratch_asks_for_the_same_trials(tmp_path, capf
     assert study_of(tmp_path / "c").trials[0].params != study_of(tmp_path / "a").trials[0].params
 
 
+def test_a_study_continues_only_from_the_config_its_trials_started_from(tmp_path, capfd):
+    quick = [*SEARCH, "eval.baseline=false", "hydra.sweeper.n_trials=1", "hydra.sweep.dir=s"]
+    assert run_main([*quick, "epochs=0"], tmp_path, capfd)[0] == 0
+    code, _, err = run_main([*quick, "epochs=1"], tmp_path, capfd)  # trials of 1 epoch would be ranked with 0's
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "cl-run: error: s holds a search of another config (epochs=0 there, 1 here); give this search another "
+        "hydra.sweep.dir")
+    assert len(study_of(tmp_path / "s").trials) == 1
+    widened = [a.replace("interval(0.01,0.1)", "interval(0.01,0.3)") for a in quick]  # the space may change
+    code, _, err = run_main([*widened, "epochs=0", "hydra.sweeper.n_trials=2"], tmp_path, capfd)
+    assert code == 0, err[-3000:]
+    assert len(study_of(tmp_path / "s").trials) == 2
+
+
 def test_a_failed_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, capfd):
     args = [*SEARCH[:-2], "loss.temperature=choice(0.5,-1.0)", "hydra/sweeper/sampler=grid", "hydra.sweep.dir=s"]
     code, out, err = run_main(args, tmp_path, capfd)

@@ -176,6 +176,16 @@ def test_a_study_continues_only_from_the_config_its_trials_started_from(tmp_path
     assert len(study_of(tmp_path / "s").trials) == 2
 
 
+def test_a_search_over_a_config_groups_options_reports_them(tmp_path, capfd):
+    args = [*SEARCH[:-2], "epochs=0", "eval.baseline=false", "aug=choice(guo,simclr)", "hydra.sweeper.n_trials=2",
+            "hydra/sweeper/sampler=grid", "hydra.sweep.dir=s"]
+    code, _, err = run_main(args, tmp_path, capfd)
+    assert code == 0, err[-3000:]
+    rows = trials_csv(tmp_path / "s")
+    assert sorted(r["aug"] for r in rows) == ["guo", "simclr"] and all(r["job"].startswith("aug=") for r in rows)
+    assert (tmp_path / "s" / "search.png").stat().st_size > 10_000  # drawn for a choice of names too
+
+
 def test_a_failed_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, capfd):
     args = [*SEARCH[:-2], "loss.temperature=choice(0.5,-1.0)", "hydra/sweeper/sampler=grid", "hydra.sweep.dir=s"]
     code, out, err = run_main(args, tmp_path, capfd)

@@ -201,10 +201,16 @@ def save_search_png(path: Path, search: Search) -> bool:
     axes[0].set_ylabel(search.objective)
     axes[0].legend(fontsize=7, frameon=False)
     for ax, name in zip(axes[1:], names):
-        points = [(t.params[name], t.value) for t in done if isinstance(t.params.get(name), (int, float))]
-        if points:
-            ax.scatter(*zip(*points), s=18, color="tab:blue")
-            ax.scatter([best.params.get(name)], [best.value], marker="*", s=140, color="tab:orange", zorder=3)
+        drawn = [t for t in done if name in t.params]
+        numeric = all(isinstance(t.params[name], (int, float)) for t in drawn)
+
+        def where(trial: Trial):  # a choice of names (a config group's options, say) on a categorical axis
+            return trial.params[name] if numeric else str(trial.params[name])
+
+        if drawn:
+            ax.scatter([where(t) for t in drawn], [t.value for t in drawn], s=18, color="tab:blue")
+            if name in best.params:
+                ax.scatter([where(best)], [best.value], marker="*", s=140, color="tab:orange", zorder=3)
         if name in search.log_scaled:
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -221,11 +222,30 @@ def join_run(world: World) -> None:
 
 
 def main() -> None:
+    world = World.from_env()
+    if not world.is_distributed:
+        run_command(world)
+        return
+    code = 1  # a bug: its traceback is printed as Python would
+    try:
+        run_command(world)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:  # noqa: BLE001 - printed, then the process ends with 1 as an uncaught error would
+        traceback.print_exc()
+    if not distributed.active():  # refused before joining the others: no thread of torch's to outlive
+        sys.exit(code)
+    distributed.leave()
+    distributed.end_process(code)
+
+
+def run_command(world: World) -> None:
+    """cl-run's command line in this process (of `world`): compose, run, and say in one line what went wrong."""
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us; we print them in one line
     retain_freed_memory()
     errors: list[str] = []
-    world = World.from_env()
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def cl_run(cfg: DictConfig) -> dict:
@@ -259,8 +279,6 @@ def main() -> None:
             errors.append(one_line(err))
         else:
             sys.exit(2)
-    finally:
-        distributed.leave()
     for message in errors:
         print(f"cl-run: error: {message}", file=sys.stderr)
     if errors:

@@ -21,10 +21,10 @@ from hydra_plugins.cl_runner_search import register as register_search
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_runner import distributed, experiment, run_folder, sweep_progress
+from cl_runner import distributed, experiment, run_folder, sweep_progress, sweep_settings
 from cl_runner.config import validate
 from cl_runner.distributed import World
-from cl_runner.errors import UserError, first_line
+from cl_runner.errors import SweepRefused, UserError, first_line
 from cl_runner.interruption import Interrupted
 from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
 
@@ -159,6 +159,16 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
         run_folder.release(run_dir)  # a worker process goes on to other jobs
 
 
+class SweepSettingsCheck(Callback):
+    """The sweep's launcher and sweeper settings are checked before its first job (cl_runner.sweep_settings)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            sweep_settings.check(config)
+        except UserError as err:
+            raise SweepRefused(str(err)) from err
+
+
 class WorkerSignals(Callback):
     """A sweep whose jobs run in worker processes (joblib) leaves Ctrl-C to them: they are in its process group,
     so each finishes its step and writes its checkpoint, and joblib hands the first `Interrupted` back to this
@@ -268,6 +278,8 @@ def run_command(world: World) -> None:
             print(f"cl-run: stopped by signal {stop.signum} after writing {stop.checkpoint}; continue with: "
                   f"cl-run resume={Path(stop.checkpoint).parent}", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except SweepRefused as refused:
+        errors.append(str(refused))
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint waited for
         sweep_progress.close_views()
         print("cl-run: stopped at once by a second Ctrl-C (the last checkpoint stays)", file=sys.stderr)

@@ -27,68 +27,74 @@ TARGETED = ("dataset", "aug", "pairing", "loss", "encoder", "encoder.backbone", 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_choice(value, options) -> bool:
+def is_choice(value, options) -> bool:
     return isinstance(value, str) and value in options
 
 
-def _is_compile_choice(value) -> bool:
+def is_compile_choice(value) -> bool:
     return isinstance(value, bool) or value == "auto"
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-RULES: list[tuple[str, Callable[[object], bool], str]] = [
-    ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("device", lambda v: _is_choice(v, DEVICES), f"one of {', '.join(DEVICES)}"),
-    ("precision", lambda v: _is_choice(v, PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
-    ("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: evaluate the untrained encoder)"),
-    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+Rule = tuple[str, Callable[[object], bool], str]  # a key (dotted), whether a value is allowed, what is allowed
+RULES: list[Rule] = [
+    ("seed", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    ("device", lambda v: is_choice(v, DEVICES), f"one of {', '.join(DEVICES)}"),
+    ("precision", lambda v: is_choice(v, PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
+    ("epochs", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: evaluate the untrained encoder)"),
+    ("batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("channels_last", lambda v: isinstance(v, bool), "true or false"),
-    ("compile", lambda v: _is_compile_choice(v) or (isinstance(v, dict) and set(v) == set(COMPILE_AUTO) and
-                                                 all(map(_is_compile_choice, v.values()))),
+    ("compile", lambda v: is_compile_choice(v) or (isinstance(v, dict) and set(v) == set(COMPILE_AUTO) and
+                                                 all(map(is_compile_choice, v.values()))),
      "auto, true or false: for every part, or for each of compile.batch and compile.encoder"),
-    ("checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no checkpoints)"),
+    ("checkpoint_every", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no checkpoints)"),
     ("resume", lambda v: v is None or isinstance(v, str), "null or the path of a run folder"),
-    ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("log_every", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("distributed.sync_bn", lambda v: isinstance(v, bool), "true or false"),
-    ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("optimizer.momentum", lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0"),
-    ("schedule.warmup_epochs", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0"),
-    ("schedule.lr_scaling", lambda v: _is_choice(v, LR_SCALING), f"one of {', '.join(LR_SCALING)}"),
-    ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 2), "null or an integer >= 2"),
-    ("dataset.test_subset", lambda v: v is None or (_is_int(v) and v >= 20), "null or an integer >= 20"),
-    ("dataset.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("eval.features", lambda v: _is_choice(v, ("backbone", "projector")), "backbone or projector"),
+    ("optimizer.lr", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("optimizer.momentum", lambda v: v is None or (is_number(v) and 0 <= v < 1), "a number in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0"),
+    ("schedule.warmup_epochs", lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0"),
+    ("schedule.lr_scaling", lambda v: is_choice(v, LR_SCALING), f"one of {', '.join(LR_SCALING)}"),
+    ("dataset.train_subset", lambda v: v is None or (is_int(v) and v >= 2), "null or an integer >= 2"),
+    ("dataset.test_subset", lambda v: v is None or (is_int(v) and v >= 20), "null or an integer >= 20"),
+    ("dataset.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("eval.features", lambda v: is_choice(v, ("backbone", "projector")), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),
-    ("eval.solver", lambda v: _is_choice(v, SOLVERS), f"one of {', '.join(SOLVERS)}"),
+    ("eval.solver", lambda v: is_choice(v, SOLVERS), f"one of {', '.join(SOLVERS)}"),
     ("eval.baseline", lambda v: isinstance(v, bool), "true or false"),
-    ("eval.knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("eval.cosine_knn_k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("eval.cosine_knn_temperature", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("eval.paper_test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
-    ("eval.tsne_points", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 skips t-SNE)"),
-    ("eval.tsne_perplexity", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("eval.monitor_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no online monitoring)"),
-    ("eval.monitor_bank", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.knn_k", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.cosine_knn_k", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.cosine_knn_temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("eval.paper_test_fraction", lambda v: is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("eval.tsne_points", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0 skips t-SNE)"),
+    ("eval.tsne_perplexity", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("eval.monitor_every", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no online monitoring)"),
+    ("eval.monitor_bank", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("train.stop_on_collapse", lambda v: isinstance(v, bool), "true or false"),
 ]
-# keys of some data sets only (checked where the chosen one has them)
-DATASET_RULES: list[tuple[str, Callable[[object], bool], str]] = [
+# keys of some options only (checked where the chosen ones have them; a class of ours checks its own settings)
+OPTION_RULES: list[Rule] = [
+    ("optimizer.betas", lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
+     "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("encoder.projector", lambda v: v is None or (isinstance(v, list) and len(v) > 0 and
+                                                  all(is_int(n) and n >= 1 for n in v)),
+     "null (no projector) or a list of layer sizes (integers >= 1), the last one the output's, e.g. [64, 32]"),
     ("dataset.verify", lambda v: isinstance(v, bool), "true or false"),
     ("dataset.path", lambda v: isinstance(v, str) and v != "", "the path of a folder of images"),
     ("dataset.eval_path", lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder's path"),
     ("dataset.labels", lambda v: v is None or isinstance(v, bool), "null (from the layout), true or false"),
-    ("dataset.test_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
-    ("dataset.channels", lambda v: v is None or (_is_int(v) and v in (1, 3)), "null (what most images have), 1 or 3"),
-    ("dataset.image_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    ("dataset.test_fraction", lambda v: is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("dataset.channels", lambda v: v is None or (is_int(v) and v in (1, 3)), "null (what most images have), 1 or 3"),
+    ("dataset.image_size", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
     ("dataset.skip_corrupt", lambda v: isinstance(v, bool), "true or false"),
 ]
 
@@ -100,12 +106,8 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
     check_targets(cfg)
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise UserError(f"dataset={choices.get('dataset', 'image_folder')} needs the folder: add dataset.path=DIR")
-    present = [rule for rule in DATASET_RULES if rule[0].split(".", 1)[1] in cfg.dataset.keys()]
-    for key, ok, allowed in RULES + present:
-        value = OmegaConf.select(cfg, key, throw_on_missing=True)
-        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-        if not ok(value):
-            raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+    check_rules(cfg, RULES)
+    check_rules(cfg, OPTION_RULES, present_only=True)
     if cfg.eval.monitor_every and not cfg.dataset.val_fraction:
         raise UserError("eval.monitor_every watches the validation split, which dataset.val_fraction=0 leaves empty: "
                         "set dataset.val_fraction (e.g. 0.1), so that nothing is watched on the test set")
@@ -130,6 +132,20 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
         lower = cfg.batch_size - cfg.batch_size % processes
         raise UserError(f"batch_size={cfg.batch_size} does not split evenly over {processes} processes: use a "
                         f"multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+
+
+def check_rules(node: DictConfig, rules: list[Rule], prefix: str = "", present_only: bool = False) -> None:
+    """Raise UserError for the first value of `node` that its rule refuses, naming the key (`prefix` + key) and
+    what it must be; with `present_only`, keys that the chosen options lack are skipped."""
+    for key, ok, allowed in rules:
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(node, parent) if parent else node
+        if present_only and not (OmegaConf.is_dict(holder) and leaf in holder):
+            continue
+        value = OmegaConf.select(node, key, throw_on_missing=True)
+        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if not ok(value):
+            raise UserError(f"{prefix}{key}={value!r} is not allowed: {prefix}{key} must be {allowed}")
 
 
 def check_targets(cfg: DictConfig) -> None:

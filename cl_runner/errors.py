@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes: the CLI turns it into one line on stderr and a non-zero exit."""
+"""The exception types for user mistakes: the CLI turns each into one line on stderr and a non-zero exit."""
 
 
 class UserError(Exception):
@@ -8,6 +8,11 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """A setting a class refuses in its constructor (a loss's temperature, an augmentation's range, a projector's
     sizes): a user mistake, and still a ValueError for code that builds the class directly."""
+
+
+class SweepRefused(BaseException):
+    """A sweep's setting refused before its first job, from a Hydra callback: a BaseException, because Hydra
+    turns a callback's Exception into a warning and runs the sweep all the same."""
 
 
 def first_line(err: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,10 @@ class SimCLRAugment(Augment):
     def __init__(self, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
                  brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, color_strength=1.0, grayscale_p=0.2,
                  blur_kernel=3, blur_sigma=(0.1, 2.0)):
+        for key, value in (("crop_scale", crop_scale), ("crop_ratio", crop_ratio), ("blur_sigma", blur_sigma)):
+            if not (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and
+                    all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"aug.{key}={value!r} is not allowed: aug.{key} must be [min, max], two numbers")
         if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not (0 < crop_ratio[0] <= crop_ratio[1]):
             raise ConfigError("aug: need 0 < crop_scale[0] <= crop_scale[1] <= 1 and "
                               "0 < crop_ratio[0] <= crop_ratio[1]")

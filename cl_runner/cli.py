@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cl_runner import distributed, experiment, run_folder, sweep_progress, sweep_settings
-from cl_runner.config import validate
+from cl_runner.config import close_keys, validate
 from cl_runner.distributed import World
 from cl_runner.errors import SweepRefused, UserError, first_line
 from cl_runner.interruption import Interrupted
@@ -142,7 +143,9 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
         if in_sweep and not is_user_error(err):  # a bug: its traceback goes into the job's own log
             log.exception("this job crashed (a bug in cl-run or in the code it runs): %s", message)
             message = f"{crash_line(err)} (traceback in {run_dir / 'cl_run.log'})"
-        run_folder.record_failure(run_dir, message, choices)
+        refused = not in_sweep and is_user_error(err) and run_folder.discard_refused(run_dir)
+        if not refused:  # a sweep's job keeps its folder: the report and a rerun read its status
+            run_folder.record_failure(run_dir, message, choices)
         if full_trace or not (in_sweep or is_user_error(err)):
             raise
         if in_sweep:  # an error ends this job, not the sweep
@@ -194,6 +197,10 @@ def one_line(err: BaseException) -> str:
         first = f"{first.rstrip(':')}: {one_line(err.__cause__)} (a setting of that option has the wrong type?)"
     elif isinstance(err.__cause__, OmegaConfBaseException):  # e.g. "Could not override 'x'." + why
         first = f"{first.rstrip('.')}: {one_line(err.__cause__)}"
+        typo = re.match(r"Could not override '([^']+)'", first)
+        if typo and "is not in struct" in first:
+            close = close_keys(typo.group(1), Path(config_dir()))
+            first += f"; did you mean {' or '.join(close)}?" if close else " (cl-run --cfg job lists every key)"
     if options:
         first += f"; choose one of: {', '.join(options)}"
     return first

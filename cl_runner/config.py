@@ -7,9 +7,12 @@ Hydra already refuses unknown groups, options and keys (the config stays in stru
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import yaml
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -108,6 +111,10 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
         raise UserError(f"dataset={choices.get('dataset', 'image_folder')} needs the folder: add dataset.path=DIR")
     check_rules(cfg, RULES)
     check_rules(cfg, OPTION_RULES, present_only=True)
+    if cfg.eval.features == "projector" and not cfg.encoder.get("projector"):
+        raise UserError(f"eval.features=projector evaluates the projection head's output, and encoder="
+                        f"{choices.get('encoder', 'this encoder')} has none (encoder.projector=null): use "
+                        "eval.features=backbone, or give it one (e.g. encoder.projector=[64,32])")
     if cfg.eval.monitor_every and not cfg.dataset.val_fraction:
         raise UserError("eval.monitor_every watches the validation split, which dataset.val_fraction=0 leaves empty: "
                         "set dataset.val_fraction (e.g. 0.1), so that nothing is watched on the test set")
@@ -199,3 +206,32 @@ def check_image_size(encoder: nn.Module, images: ImageSet) -> None:
         raise UserError(f"the encoder's {name} gives {features.shape[1]} features for images of {side}, not its "
                         f"{backbone.embedding_dim}: it takes {backbone.image_sizes}; set dataset.image_size (image "
                         "folders) or choose another encoder")
+
+
+def close_keys(key: str, conf: Path) -> list[str]:
+    """The keys most like `key` (dotted, e.g. `los` or `eval.featurs`) among those that can stand where it does,
+    in the config folder `conf`: conf/config.yaml's and, under a group (`loss.`), any of its options' keys; at
+    the top, the groups themselves too. Read as plain YAML: nothing in the files runs."""
+    parent, _, leaf = key.rpartition(".")
+    trees = [_yaml(conf / "config.yaml")]
+    group = parent.split(".", 1)[0]
+    if (conf / group).is_dir():  # an option's keys stand under its group, unless it is a global package
+        trees += [_yaml(option) if "# @package _global_" in option.read_text() else {group: _yaml(option)}
+                  for option in sorted((conf / group).glob("*.yaml"))]
+    candidates: set[str] = {g.name for g in conf.iterdir() if g.is_dir()} if not parent else set()
+    for tree in trees:
+        node = tree
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            candidates |= {k for k in node if k != "defaults"}
+    prefix = f"{parent}." if parent else ""
+    return [prefix + match for match in difflib.get_close_matches(leaf, sorted(candidates), n=3, cutoff=0.6)]
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return content if isinstance(content, dict) else {}

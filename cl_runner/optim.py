@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from functools import partial
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from cl_runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Learning-rate scaling rules: the factor applied to the optimizer's lr for a given batch size.
 LR_SCALING = {"none": lambda batch_size: 1.0,
@@ -109,6 +112,12 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, *, steps_per_epoch:
     scale = LR_SCALING[lr_scaling](batch_size)
     warmup = round(warmup_epochs * steps_per_epoch)
     total = max(epochs * steps_per_epoch, warmup + 1)
+    if epochs and warmup_epochs >= epochs:
+        share = epochs * steps_per_epoch / warmup  # of the warm-up done by the last step
+        log.warning("schedule.warmup_epochs=%g is not below epochs=%d: the learning rate only warms up, to %.3g "
+                    "(%.0f%% of its peak %.3g) at the last step, and never decays; lower schedule.warmup_epochs",
+                    warmup_epochs, epochs, optimizer.defaults["lr"] * scale * share, 100 * share,
+                    optimizer.defaults["lr"] * scale)
 
     def factor(step: int) -> float:
         if step < warmup:

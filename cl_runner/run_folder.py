@@ -221,6 +221,33 @@ def forget_sweep_errors(sweep_dir: Path) -> None:
     (sweep_dir / SWEEP_ERRORS).unlink(missing_ok=True)
 
 
+BEFORE_TRAINING = {STATUS_FILE, "config.yaml", "overrides.yaml", LOCK_FILE, "cl_run.log"}  # and nothing else
+
+
+def discard_refused(run_dir: Path) -> bool:
+    """Remove the folder of a run refused before its training started (its config, its data or its parts found
+    wanting): one that holds only what such a run writes (BEFORE_TRAINING; TensorBoard's folder appears as
+    training starts) and no other run's status. A refused command leaves no folder behind; the error is on
+    stderr. Returns whether the folder went."""
+    status = read_status(run_dir)
+    if status is not None and status.get("pid") != os.getpid():
+        return False
+    try:
+        names = {entry.name for entry in run_dir.iterdir()}
+    except OSError:
+        return False
+    if not names <= BEFORE_TRAINING:
+        return False
+    release(run_dir)
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def record_failure(run_dir: Path, message: str, scenario: dict) -> None:
     """Mark the run folder failed, with the error; a folder that belongs to another run is left alone."""
     status = read_status(run_dir)

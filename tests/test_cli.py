@@ -197,7 +197,7 @@ BAD_INPUTS = [
     (["optimizer=lars", "optimizer.momentum=1.5"], "optimizer.momentum must be a number in [0, 1)"),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be a number >= 0"),
     (["aug=simclr", "aug.flip_p=1.5"], "aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1]"),
-    (["encoder.projector=[0]"], "encoder.projector needs sizes (integers >= 1) ending in the output size"),
+    (["encoder.projector=[0]"], "encoder.projector=[0] is not allowed: encoder.projector must be null (no projector)"),
     (["dataset=image_folder"], "dataset=image_folder needs the folder: add dataset.path=DIR"),
     (["dataset=image_folder", "dataset.path=missing_folder"], "dataset.path=missing_folder: no such folder"),
     (["dataset=image_folder", "dataset.path=.", "dataset.channels=2"], "dataset.channels must be null (what most"),
@@ -209,6 +209,18 @@ BAD_INPUTS = [
     (["resume=no_such_run"], "resume=no_such_run: not a cl-run run folder"),
     (["-m", "resume=a"], "job resume=a,seed=0: resume= continues one run; it cannot be part of a multirun"),
     (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
+    (["los=triplet"], "Could not override 'los': Key 'los' is not in struct; did you mean loss?"),
+    (["loss=ntxent", "loss.temprature=0.2"], "Key 'temprature' is not in struct; did you mean loss.temperature?"),
+    (["eval.features=projector"], "eval.features=projector evaluates the projection head's output, and "
+                                  "encoder=pami_cnn has none (encoder.projector=null)"),
+    (["dataset.train_subset=20000"], "dataset.train_subset=20000 is more than the 10000 train images of "
+                                     "mnist_sample: choose at most 10000, or null for all of them"),
+    (["dataset.test_subset=5000"], "dataset.test_subset=5000 is more than the 2000 test images of mnist_sample"),
+    (["aug=simclr", "aug.crop_scale=0.5"], "aug.crop_scale=0.5 is not allowed: aug.crop_scale must be [min, max]"),
+    (["optimizer=adam", "optimizer.betas=0.5"], "optimizer.betas=0.5 is not allowed: optimizer.betas must be two "
+                                                "numbers in [0, 1)"),
+    (["encoder.projector=0.5"], "encoder.projector=0.5 is not allowed: encoder.projector must be null (no "
+                                "projector) or a list of layer sizes"),
     (["hydra.run.dir=/proc/x"], "cannot create the folder /proc/x: No such file or directory"),
     (["-m", "hydra.sweep.dir=/proc/y"], "cannot create the folder /proc/y: No such file or directory"),
 ]
@@ -221,6 +233,8 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, message, capfd
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("cl-run: error: ") and message in lines[0], err
     assert "Traceback" not in err + out
+    if "-m" not in args:  # a refused run leaves no folder behind
+        assert not list(tmp_path.glob("outputs/runs/*/*"))
 
 
 @pytest.mark.slow

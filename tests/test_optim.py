@@ -211,6 +211,20 @@ def test_warmup_then_cosine_to_the_final_fraction():
     assert values[11] == pytest.approx(0.1 * peak + 0.9 * peak * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
 
 
+def test_a_warm_up_as_long_as_the_run_is_one_warning_with_the_rate_it_ends_at(caplog):
+    with caplog.at_level("WARNING", logger="cl_runner.optim"):
+        values = lrs(warmup_cosine_schedule, 4, steps_per_epoch=4, epochs=1, batch_size=256, warmup_epochs=10)
+    assert values == pytest.approx([0.4 * (step + 1) / 40 for step in range(4)])  # the warm-up's first tenth
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning == ("schedule.warmup_epochs=10 is not below epochs=1: the learning rate only warms up, to 0.04 "
+                       "(10% of its peak 0.4) at the last step, and never decays; lower schedule.warmup_epochs")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cl_runner.optim"):
+        lrs(warmup_cosine_schedule, 1, steps_per_epoch=4, epochs=2, batch_size=256, warmup_epochs=1)
+        lrs(warmup_cosine_schedule, 1, steps_per_epoch=4, epochs=0, batch_size=256, warmup_epochs=1)
+    assert not caplog.records  # a shorter warm-up, or no training (epochs=0)
+
+
 def test_constant_schedule_applies_the_scaling_rule():
     assert lrs(constant_schedule, 3, steps_per_epoch=1, epochs=3, batch_size=1024, lr_scaling="sqrt") == \
         pytest.approx([0.8] * 3)

@@ -113,6 +113,15 @@ class DataSet(ABC):
     def load(self) -> Splits:
         """The training, test and probe images (see `Splits`)."""
 
+    def subset(self, images: ImageSet, split: str) -> ImageSet:
+        """The first `train_subset` or `test_subset` images of the `split` (`train` or `test`); all without one.
+        A subset larger than the split is refused: it would silently mean all of them."""
+        size = getattr(self, f"{split}_subset")
+        if size is not None and size > len(images):
+            raise UserError(f"dataset.{split}_subset={size} is more than the {len(images)} {split} images of "
+                            f"{self.name}: choose at most {len(images)}, or null for all of them")
+        return images.head(size)
+
 
 def hold_out(data: Splits, fraction: float, seed: int) -> Splits:
     """`data` with `fraction` of its training images set aside as `val`: per class (stratified; the whole set when
@@ -149,8 +158,8 @@ class SplitReader(DataSet):
     """A data set that ships its own train/test split: `read(split)` gives one of them."""
 
     def load(self) -> Splits:
-        train = self.read("train").head(self.train_subset)
-        return Splits(train, self.read("test").head(self.test_subset), train)
+        train = self.subset(self.read("train"), "train")
+        return Splits(train, self.subset(self.read("test"), "test"), train)
 
     @abstractmethod
     def read(self, split: str) -> ImageSet:

@@ -56,7 +56,7 @@ class ImageFolder(DataSet):
 
     def load(self) -> Splits:
         train, test = self.decoded()
-        train, test = train.head(self.train_subset), test.head(self.test_subset)
+        train, test = self.subset(train, "train"), self.subset(test, "test")
         if self.eval_path is None:
             return Splits(train, test, train)
         channels, side = train.images.shape[1], train.images.shape[-1]

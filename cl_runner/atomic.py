@@ -9,15 +9,34 @@ from pathlib import Path
 
 def write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
     """`data` into `path`, whole or not at all; with `previous`, the file it replaces is kept under that name
-    (renamed only once the new one is written in full)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    (linked there once the new one is written in full, so that `path` exists at every moment: a process killed
+    between the two steps leaves both)."""
+    tmp = _written(path.with_name(f".{path.name}.tmp"), data)
+    if previous is not None and path.exists():
+        kept = previous.with_name(f".{previous.name}.tmp")
+        kept.unlink(missing_ok=True)
+        os.link(path, kept)
+        os.replace(kept, previous)
+    os.replace(tmp, path)
+
+
+def create_bytes(path: Path, data: bytes) -> None:
+    """`data` into `path`, which must not exist yet (FileExistsError otherwise), whole or not at all: a reader
+    never sees it empty or half-written."""
+    tmp = _written(path.with_name(f".{path.name}.{os.getpid()}.tmp"), data)  # its own: another may create too
+    try:
+        os.link(tmp, path)  # fails if `path` exists, as open(path, "x") would
+    finally:
+        tmp.unlink()
+
+
+def _written(tmp: Path, data: bytes) -> Path:
+    """`data` in the temporary file `tmp`, flushed to the disk; `tmp`."""
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    if previous is not None and path.exists():
-        os.replace(path, previous)
-    os.replace(tmp, path)
+    return tmp
 
 
 def write_json(path: Path, obj) -> None:

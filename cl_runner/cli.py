@@ -98,7 +98,7 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    parent = os.getppid() if runs_in_worker(hydra_cfg.launcher) else None  # the sweep's process
+    parent = sweep_process() if runs_in_worker(hydra_cfg.launcher) else None
     try:
         with distributed.together(world):  # the same checks in every process; rank 0 says what failed
             if cfg.resume:
@@ -181,6 +181,16 @@ class WorkerSignals(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if runs_in_worker(config.hydra.launcher):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.environ[SWEEP_PROCESS] = str(os.getpid())  # before joblib starts its workers, which inherit it
+
+
+SWEEP_PROCESS = "CL_SWEEP_PID"
+
+
+def sweep_process() -> int:
+    """The pid of the sweep whose worker process runs this job: a worker whose sweep died before the job started
+    is already another process's child, so its parent at the job's start would not do."""
+    return int(os.environ.get(SWEEP_PROCESS, os.getppid()))
 
 
 def crash_line(err: BaseException) -> str:
@@ -294,11 +304,17 @@ def run_command(world: World) -> None:
     except Exception as err:
         if full_trace or not is_user_error(err):
             raise
-        if world.is_main:  # a mistake in the command line: every process of a distributed run finds it
-            errors.append(one_line(err))
-        else:
-            sys.exit(2)
-    for message in errors:
-        print(f"cl-run: error: {message}", file=sys.stderr)
+        # a mistake in the command line, which every process of a distributed run finds: rank 0 says it, and the
+        # others end once it has (torchrun stops the processes still running as soon as one ends with an error)
+        if world.is_main:
+            print_errors([*errors, one_line(err)])
+        distributed.wait_for_the_others()
+        sys.exit(2)
+    print_errors(errors)
     if errors:
         sys.exit(2)
+
+
+def print_errors(errors: list[str]) -> None:
+    for message in errors:
+        print(f"cl-run: error: {message}", file=sys.stderr, flush=True)

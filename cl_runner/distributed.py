@@ -156,6 +156,15 @@ def end_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def wait_for_the_others() -> None:
+    """Until every process of the run is here too (one that has ended lets the others go on)."""
+    if active():
+        try:
+            dist.barrier()
+        except (RuntimeError, dist.DistError):  # a process gone: nobody left to wait for
+            pass
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

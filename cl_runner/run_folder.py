@@ -97,8 +97,7 @@ def claim(run_dir: Path, scenario: dict, config: DictConfig, overrides: list[str
     status = {"status": "running", "started": _now(), "pid": os.getpid(), "scenario": scenario}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / STATUS_FILE, "x") as fh:
-            json.dump(status, fh)
+        atomic.create_bytes(run_dir / STATUS_FILE, json.dumps(status).encode())
         atomic.write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
         atomic.write_bytes(run_dir / "overrides.yaml", yaml.safe_dump(overrides).encode())
         hold(run_dir)

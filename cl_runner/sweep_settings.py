@@ -110,7 +110,6 @@ def check_search_space(sweeper: DictConfig, arguments: list[str]) -> None:
             continue  # a malformed override: Hydra itself refuses it, in one line, before any sweep
         if not override.is_sweep_override():
             continue
-        key = override.get_key_element()
         try:
             distribution = create_optuna_distribution_from_override(override)
         except (ValueError, TypeError, AssertionError, NotImplementedError) as err:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from contextlib import contextmanager
 from datetime import datetime
@@ -43,6 +44,28 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, module: str = "
     full_env.update({"CL_DATA_ROOT": str(DATA_ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def spawn(command: list[str], cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    """A process started as `run_cli` would, whose stderr goes to a file (`finish` reads it), not to a pipe: a
+    pipe that nobody reads while the test waits on the process fills and blocks it (torchrun, say, blocked on a
+    log line while it should pass a signal on)."""
+    with tempfile.NamedTemporaryFile("w", prefix="cl-run-stderr-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                   **popen)
+    process.stderr_log = Path(log.name)
+    return process
+
+
+def stderr_of(process: subprocess.Popen) -> str:
+    """What a `spawn`ed process wrote on stderr so far."""
+    return process.stderr_log.read_text()
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for a `spawn`ed process to end; its stderr."""
+    process.wait(timeout=timeout)
+    return stderr_of(process)
 
 
 def with_launcher(args: list[str], launcher: str | None) -> list[str]:

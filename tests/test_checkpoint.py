@@ -273,3 +273,33 @@ def test_resuming_from_a_checkpoint_written_in_the_background_equals_an_uninterr
     assert record.epoch_losses == expected.epoch_losses and record.steps == expected.steps
     for part in ("encoder", "loss_fn", "optimizer", "schedule"):
         assert_same(getattr(resumed, part).state_dict(), getattr(reference, part).state_dict(), part)
+
+
+def test_replacing_a_checkpoint_leaves_one_at_its_name_at_every_step(tmp_path, monkeypatch):
+    """A process killed while a checkpoint replaces the one before: here its last rename fails, as if killed
+    just before it. The last checkpoint is still at its name, and kept as the previous one too."""
+    from cl_runner import atomic
+
+    path, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.previous.pt"
+    atomic.write_bytes(path, b"first", previous=previous)
+    replace = os.replace
+
+    def killed_before_the_last_rename(source, target):
+        if Path(target) == path:
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_last_rename)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_bytes(path, b"second", previous=previous)
+    assert path.read_bytes() == b"first" and previous.read_bytes() == b"first"
+
+
+def test_a_file_created_whole_is_never_seen_empty_and_never_created_twice(tmp_path):
+    from cl_runner import atomic
+
+    status = tmp_path / "status.json"
+    atomic.create_bytes(status, b'{"status": "running"}')
+    with pytest.raises(FileExistsError):
+        atomic.create_bytes(status, b'{"status": "other"}')
+    assert status.read_bytes() == b'{"status": "running"}' and sorted(tmp_path.iterdir()) == [status]

@@ -6,7 +6,6 @@ made 1- and 2-GPU runs differ) and 1977 (Barlow Twins gradients off by 1/world_s
 tuples splits 8/7, so the weighting of uneven parts is tested too."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -113,27 +112,25 @@ def nan_on_one_rank_skips_the_step_everywhere(rank: int) -> bool:
     return loss is None and all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
 
 
-def rank_main(rank: int, port: int, results: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def rank_main(rank: int, rendezvous: str, results: dict) -> None:
+    """One process of the run; it ends as cl-run's processes do (`distributed.end_process`), once its results
+    are in: the gloo threads that DDP keeps alive must not meet the interpreter's finalization."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
         for name in LOSSES:
             results[(name, rank)] = train_two_steps(name, World(rank, WORLD))
         results[("nan", rank)] = nan_on_one_rank_skips_the_step_everywhere(rank)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    distributed.end_process(0)
 
 
 @pytest.fixture(scope="module")
-def two_ranks() -> dict:
+def two_ranks(tmp_path_factory) -> dict:
+    rendezvous = tmp_path_factory.mktemp("two_ranks") / "store"  # a file: no port for another process to take
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(rank_main, args=(free_port(), results), nprocs=WORLD, join=True)
+        mp.spawn(rank_main, args=(str(rendezvous), results), nprocs=WORLD, join=True)
         return dict(results)
 
 

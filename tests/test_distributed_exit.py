@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 PROCESS = '''
-import sys, time
+import sys, threading, time
 import torch
 import torch.distributed as dist
 from cl_runner import distributed
@@ -28,7 +28,7 @@ if rank == 0:
     store.wait(["finalizing"])
     dist.all_gather(parts, torch.zeros(8))
     store.set("completed", "1")
-    time.sleep(60)  # the test ends this process once rank 1 has ended
+    threading.Event().wait()  # until the test ends this process, once rank 1 has ended
 
 
 class Finalizing:

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, finish, run_cli, spawn
 
 SWEEP = ["-m", "dataset=digits", "epochs=1", "batch_size=64", "eval.tsne_points=0", "eval.protocols=[paper]",
          "loss=cosine_embedding,triplet"]
@@ -66,16 +65,15 @@ def test_a_submitit_job_warned_by_its_cluster_is_requeued_and_resumes_to_equal_m
     args = ["-m", "hydra/launcher=submitit_local", "dataset=digits", "loss=triplet", "epochs=4", "batch_size=32",
             "eval.tsne_points=0", "eval.protocols=[paper]"]
     assert run_cli([*args, "hydra.sweep.dir=reference"], tmp_path).returncode == 0
-    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args, "hydra.sweep.dir=s"], cwd=tmp_path,
-                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = spawn([sys.executable, "-m", "cl_runner", *args, "hydra.sweep.dir=s"], tmp_path,
+                    {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)})
     deadline = time.monotonic() + 300
     while not list((tmp_path / "s").glob("*/checkpoint.pt")):  # the job has finished its first epoch
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     (status,) = list((tmp_path / "s").glob("*/status.json"))
     os.kill(json.loads(status.read_text())["pid"], signal.SIGUSR2)  # SLURM's warning, to the job's process
-    _, stderr = process.communicate(timeout=600)
+    stderr = finish(process, timeout=600)
     assert process.returncode == 0, stderr[-2000:]
     (job,) = [p.parent for p in (tmp_path / "s").glob("*/status.json")]
     log = (job / "cl_run.log").read_text()

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from cl_runner.interruption import Interrupted, SignalStop
 from cl_runner.parts import TrainingParts
 from cl_runner.runtime import make_grad_scaler
 from cl_runner.train import Diverged, LoopSettings, pretrain
-from conftest import DATA_ROOT, REPO, run_cli, run_main
+from conftest import DATA_ROOT, REPO, finish, run_cli, run_main, spawn, stderr_of
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",
        "log_every=1", "optimizer=lars", "schedule=warmup_cosine",
@@ -42,16 +44,53 @@ def comparable(metrics: dict) -> dict:
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}  # same threads as the reference: same float sums
-    return subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return spawn([sys.executable, "-m", "cl_runner", *args], cwd, env)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `path` exists (a file the run writes atomically), failing with its stderr should `process` end."""
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert process.poll() is None, process.stderr.read()
+        assert process.poll() is None, stderr_of(process)
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+@contextmanager
+def stopped_at(path: Path, process: subprocess.Popen, pids=None) -> Iterator[list[int]]:
+    """Once `path` exists, the run's processes (`pids()`; by default `process`) held stopped (SIGSTOP) for the
+    block and continued after it, whatever the machine's load: what the block checks and sends meets them where
+    they were when `path` appeared, not wherever they got to in the meantime."""
+    wait_for(path, process)
+    held = pids() if pids else [process.pid]
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in held:  # a stop takes effect once the process is scheduled: until then it still runs
+            wait_until(lambda: proc_status(pid)["State"].split()[0] == "T", f"process {pid} never stopped")
+        yield held
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_pending(pid: int, signum: int) -> None:
+    """Until `signum` was sent to the stopped process `pid` and waits there to be handled (/proc's pending
+    sets)."""
+    bit = 1 << (signum - 1)
+    wait_until(lambda: any(int(proc_status(pid)[name], 16) & bit for name in ("SigPnd", "ShdPnd")),
+               f"signal {signum} never reached process {pid}")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
+def wait_until(condition, failure: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +103,10 @@ def uninterrupted(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     process = start([*RUN, "hydra.run.dir=run"], tmp_path)
-    wait_for(tmp_path / "run" / "checkpoint.pt", process)
-    process.send_signal(signal.SIGKILL)
+    with stopped_at(tmp_path / "run" / "checkpoint.pt", process):
+        assert not (tmp_path / "run" / "metrics.json").exists()  # killed before its end
+        process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (tmp_path / "run" / "metrics.json").exists()
     result = run_cli(["resume=run"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -77,9 +116,10 @@ def test_sigkill_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
     process = start([*RUN, "hydra.run.dir=run"], tmp_path)
-    wait_for(tmp_path / "run" / "checkpoint.pt", process)  # the first epoch is done: a signal now lands in a later
-    process.send_signal(signal.SIGTERM)  # epoch or, on a fast machine, in evaluation: either way it stops there
-    _, stderr = process.communicate(timeout=120)
+    with stopped_at(tmp_path / "run" / "checkpoint.pt", process):  # the first epoch is done: the signal lands in
+        assert not (tmp_path / "run" / "metrics.json").exists()  # a later one, or in evaluation: it stops there
+        process.send_signal(signal.SIGTERM)
+    stderr = finish(process, timeout=120)
     assert process.returncode == 143
     assert "continue with: cl-run resume=" in stderr.splitlines()[-1]
     status = json.loads((tmp_path / "run" / "status.json").read_text())

@@ -89,9 +89,10 @@ def test_a_search_refuses_a_test_figure_and_needs_a_validation_split(tmp_path, c
 
 def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, capfd):
     (tmp_path / "s").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / "s" / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+                               str(tmp_path / "s" / ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # holds the lock until the test ends it, however long that takes
     try:
         assert holder.stdout.readline().strip() == "held"
         code, _, err = run_main([*SEARCH, "hydra.sweep.dir=s"], tmp_path, capfd)

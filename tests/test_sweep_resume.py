@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DATA_ROOT, run_cli, run_main
+from conftest import DATA_ROOT, finish, run_cli, run_main, spawn
 
 SWEEP = ["-m", "dataset=digits", "batch_size=32", "eval.tsne_points=0", "eval.protocols=[paper]", "log_every=5",
          "loss=cosine_embedding,triplet", "aug=none,guo"]
@@ -139,16 +139,15 @@ def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_
 @pytest.mark.slow
 def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_jobs_in_one_line_and_the_rerun_resumes_them(tmp_path):
     args = [*SWEEP[:-1], "aug=none", "epochs=6", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
-    process = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, start_new_session=True,
-                               env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = spawn([sys.executable, "-m", "cl_runner", *args], tmp_path, {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
+                    start_new_session=True)
     jobs = [job(tmp_path / "s", "none", loss, epochs=6) for loss in ("cosine_embedding", "triplet")]
     deadline = time.monotonic() + 300
     while not all((j / "checkpoint.pt").exists() for j in jobs):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-    _, stderr = process.communicate(timeout=120)
+    stderr = finish(process, timeout=120)
     lines = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
     assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr[-2000:]
     assert lines == ["cl-run: stopped by signal 2; the sweep's running jobs wrote their checkpoints: run the same "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_ROOT, run_cli, run_main
-from test_resume import comparable, wait_for
+from conftest import DATA_ROOT, finish, run_cli, run_main, spawn
+from test_resume import comparable, stopped_at, wait_for, wait_pending
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cl_runner"]
 RUN = ["dataset=digits", "loss=ntxent", "aug=simclr", "epochs=3", "batch_size=128", "eval.tsne_points=50",
@@ -24,13 +24,24 @@ RUN = ["dataset=digits", "loss=ntxent", "aug=simclr", "epochs=3", "batch_size=12
 def torchrun(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, **popen)
+    return spawn([*TORCHRUN, *args], cwd, env, **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    _, stderr = process.communicate(timeout=timeout)
-    return stderr
+def ranks(process: subprocess.Popen) -> list[int]:
+    """The pids of torchrun's two cl-run processes (children of its own that run `-m cl_runner`)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while True:
+        pids = [int(pid) for pid in children.read_text().split() if b"cl_runner" in command_line(int(pid))]
+        if len(pids) == 2:
+            return pids
+        time.sleep(0.05)
+
+
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +75,11 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_equals_the
         tmp_path, uninterrupted):
     _, reference = uninterrupted
     process = torchrun([*RUN, "hydra.run.dir=run"], tmp_path)
-    wait_for(tmp_path / "run" / "checkpoint.pt", process)
-    process.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+    with stopped_at(tmp_path / "run" / "checkpoint.pt", process, lambda: ranks(process)) as held:
+        assert not (tmp_path / "run" / "metrics.json").exists()  # training or evaluating: the signal stops it
+        process.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+        for pid in held:
+            wait_pending(pid, signal.SIGTERM)
     stderr = finish(process)
     assert process.returncode != 0
     ours = [line for line in stderr.splitlines() if line.startswith("cl-run:")]
@@ -83,8 +97,7 @@ def test_a_killed_process_ends_the_run_with_one_clear_line_within_a_minute(tmp_p
     process = torchrun([*RUN, "epochs=20", "hydra.run.dir=run"], tmp_path, start_new_session=True)
     wait_for(tmp_path / "run" / "checkpoint.pt", process)
     rank0 = json.loads((tmp_path / "run" / "status.json").read_text())["pid"]
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    (rank1,) = [int(pid) for pid in children if int(pid) != rank0]
+    (rank1,) = [pid for pid in ranks(process) if pid != rank0]
     killed = time.monotonic()
     os.kill(rank1, signal.SIGKILL)
     stderr = finish(process, timeout=120)

@@ -189,8 +189,10 @@ SWEEP_PROCESS = "CL_SWEEP_PID"
 
 def sweep_process() -> int:
     """The pid of the sweep whose worker process runs this job: a worker whose sweep died before the job started
-    is already another process's child, so its parent at the job's start would not do."""
-    return int(os.environ.get(SWEEP_PROCESS, os.getppid()))
+    is already another process's child, so its parent at the job's start would not do. A job that joblib runs in
+    the sweep's own process (one job at a time) watches that process's parent, as a run watches none."""
+    sweep = int(os.environ.get(SWEEP_PROCESS, os.getppid()))
+    return os.getppid() if sweep == os.getpid() else sweep
 
 
 def crash_line(err: BaseException) -> str:

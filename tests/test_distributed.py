@@ -138,6 +138,7 @@ def test_every_loss_config_is_covered():
     assert len(LOSSES) == 13
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSSES)
 def test_two_ranks_train_as_one_process_on_the_whole_batch(name, two_ranks):
     reference = train_two_steps(name, World())
@@ -160,5 +161,6 @@ def test_a_batch_splits_into_parts_that_differ_by_one_at_most():
     assert BatchShare.split(15).weight == 1.0
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_process_skips_the_step_on_every_process(two_ranks):
     assert two_ranks[("nan", 0)] and two_ranks[("nan", 1)]  # rank 0's loss was finite: it skipped all the same

@@ -178,6 +178,7 @@ def test_the_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp
     assert len(calls) == 2 and third.train.images[0].sum() == 0
 
 
+@pytest.mark.slow
 def test_two_processes_decoding_one_folder_at_once_leave_one_whole_cache(tmp_path, cache, untouched):
     import subprocess
     import sys

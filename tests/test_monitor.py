@@ -15,6 +15,7 @@ from cl_runner.probes import Probes
 from conftest import run_main
 
 
+@pytest.mark.slow
 def test_the_monitors_curves_rise_while_the_embedded_default_trains(tmp_path, capfd):
     code, _, err = run_main(["epochs=3", "dataset.train_subset=4000", "dataset.val_fraction=0.1",
                              "eval.monitor_every=1", "eval.tsne_points=0", f"hydra.run.dir={tmp_path / 'run'}"],

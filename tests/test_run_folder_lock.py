@@ -23,6 +23,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_folder_held_by_a_live_process_is_refused_and_free_once_it_is_killed(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / run_folder.LOCK_FILE)],
                               stdout=subprocess.PIPE, text=True)

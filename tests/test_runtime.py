@@ -1,6 +1,8 @@
 """runtime.py's policies, with stand-in capacities."""
 from __future__ import annotations
 
+import pytest
+
 from cl_runner.runtime import GPU_JOB_MEMORY, JOB_MEMORY, sweep_jobs
 
 GiB = 2**30
@@ -21,6 +23,7 @@ def test_a_gpu_is_shared_by_as_many_jobs_as_its_memory_and_the_cores_allow():
     assert sweep_jobs(8, None, 2 * GiB) == 1
 
 
+@pytest.mark.slow
 def test_starting_cl_run_imports_none_of_what_later_phases_need():
     """The entry point's imports: matplotlib (figures), scikit-learn (t-SNE, the reference probes, the paper split)
     and torchvision (ResNet-18) come when a phase first needs them, not before the first training step."""

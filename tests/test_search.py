@@ -87,6 +87,7 @@ def test_a_search_refuses_a_test_figure_and_needs_a_validation_split(tmp_path, c
     assert not job_folders(tmp_path / "s")
 
 
+@pytest.mark.slow
 def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, capfd):
     (tmp_path / "s").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "

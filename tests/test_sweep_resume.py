@@ -139,8 +139,8 @@ def test_a_killed_parallel_sweep_stops_its_workers_with_checkpoints_and_resumes_
 @pytest.mark.slow
 def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_jobs_in_one_line_and_the_rerun_resumes_them(tmp_path):
     args = [*SWEEP[:-1], "aug=none", "epochs=6", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
-    process = spawn([sys.executable, "-m", "cl_runner", *args], tmp_path, {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)},
-                    start_new_session=True)
+    process = spawn([sys.executable, "-m", "cl_runner", *args], tmp_path,
+                    {**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)}, start_new_session=True)
     jobs = [job(tmp_path / "s", "none", loss, epochs=6) for loss in ("cosine_embedding", "triplet")]
     deadline = time.monotonic() + 300
     while not all((j / "checkpoint.pt").exists() for j in jobs):

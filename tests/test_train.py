@@ -31,6 +31,7 @@ print(before - resident())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc only")
 def test_freed_blocks_stay_with_the_process_instead_of_being_unmapped():
     def released(mode: str) -> int:

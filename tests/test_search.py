@@ -106,7 +106,8 @@ def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_
 
 
 def test_a_search_runs_its_trials_reports_them_and_continues_to_a_larger_total(tmp_path, capfd):
-    code, out, err = run_main([*SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=s"], tmp_path, capfd)
+    quick = [*SEARCH, "epochs=0", "eval.baseline=false", "hydra.sweep.dir=s"]  # trials of untrained encoders
+    code, out, err = run_main([*quick, "hydra.sweeper.n_trials=2"], tmp_path, capfd)
     assert code == 0, err[-3000:]
     sweep = tmp_path / "s"
     trials = study_of(sweep).get_trials()
@@ -129,10 +130,10 @@ def test_a_search_runs_its_trials_reports_them_and_continues_to_a_larger_total(t
     assert (sweep / "search.png").stat().st_size > 10_000
 
     kept = {f.name: files_of(f) for f in folders}
-    code, out, err = run_main([*SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=s"], tmp_path, capfd)
+    code, out, err = run_main([*quick, "hydra.sweeper.n_trials=2"], tmp_path, capfd)
     assert code == 0 and "2 of 2 trials finished earlier, 0 to run" in out + err
     assert len(study_of(sweep).get_trials()) == 2
-    code, out, err = run_main([*SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweep.dir=s"], tmp_path, capfd)
+    code, out, err = run_main([*quick, "hydra.sweeper.n_trials=3"], tmp_path, capfd)
     assert code == 0 and "2 of 3 trials finished earlier, 1 to run" in out + err
     grown = study_of(sweep).get_trials()
     assert [t.state for t in grown] == [TrialState.COMPLETE] * 3

@@ -74,15 +74,15 @@ def check(config: DictConfig) -> None:
     launcher, sweeper = config.hydra.launcher, config.hydra.sweeper
     target = str(launcher.get("_target_", ""))
     if target == JOBLIB:
-        check_rules(launcher, JOBLIB_RULES, "hydra.launcher.")
+        check_rules(launcher, JOBLIB_RULES, "hydra.launcher.", present_only=True)
     elif target.startswith(SUBMITIT):
-        check_rules(launcher, SUBMITIT_RULES, "hydra.launcher.")
+        check_rules(launcher, SUBMITIT_RULES, "hydra.launcher.", present_only=True)  # SLURM's keys or local's
         if target == SLURM and shutil.which("srun") is None:
             raise UserError("hydra/launcher=slurm submits the sweep's jobs to SLURM, whose srun is not on this "
                             "machine's PATH: run the sweep from the cluster's login node, or here with "
                             "hydra/launcher=local (or submitit_local)")
     if sweeper.get("_target_") == SEARCH:
-        check_rules(sweeper, SEARCH_RULES, "hydra.sweeper.")
+        check_rules(sweeper, SEARCH_RULES, "hydra.sweeper.", present_only=True)
         check_search_space(sweeper, list(config.hydra.overrides.task))
 
 

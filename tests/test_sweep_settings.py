@@ -65,6 +65,28 @@ def test_a_bad_launcher_or_sweeper_setting_is_one_line_before_any_job(tmp_path, 
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())  # no job started, no study
 
 
+@pytest.mark.parametrize("launcher", ["local", "basic", "submitit_local", "slurm"])
+def test_every_launcher_and_the_search_pass_with_the_settings_cl_run_ships(launcher, monkeypatch):
+    """The shipped defaults of each launcher, and of the search with a space, are accepted as they are (SLURM's
+    with an srun on the PATH, as on a cluster)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cl_runner import sweep_settings
+    from cl_runner.cli import config_dir
+    from hydra_plugins.cl_runner_search import register
+
+    register()
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    try:
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            for sweeper in (["hydra/sweeper=basic"], ["experiment=search_ntxent"]):
+                sweep_settings.check(compose("config", overrides=[f"hydra/launcher={launcher}", *sweeper],
+                                             return_hydra_config=True))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has SLURM")
 def test_the_slurm_launcher_without_slurm_says_so_before_any_job(tmp_path, capfd):
     code, _, err = run_main([*SWEEP, "hydra/launcher=slurm", "hydra.sweep.dir=s"], tmp_path, capfd, launcher=None)

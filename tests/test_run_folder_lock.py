@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,8 +75,7 @@ def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once
     sweep.send_signal(signum)  # the sweep's own process only (kill, timeout, a scheduler): its workers are orphaned
     sweep.wait()
     deadline = time.monotonic() + 60
-    while any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read()
-              for pid in workers):
+    while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "the killed sweep's workers are still alive"
         time.sleep(0.2)
     assert {s["status"] for s in states().values()} <= {"completed", "interrupted"}
@@ -83,3 +83,11 @@ def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once
     again = run_cli(args, tmp_path, launcher=None)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {s["status"] for s in states().values()} == {"completed"} and len(states()) == 4
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, or a process gone between two reads of /proc, does not)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False

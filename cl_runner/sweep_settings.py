@@ -112,7 +112,7 @@ def check_search_space(sweeper: DictConfig, arguments: list[str]) -> None:
             continue
         try:
             distribution = create_optuna_distribution_from_override(override)
-        except (ValueError, TypeError, AssertionError, NotImplementedError) as err:
+        except (ValueError, TypeError, AssertionError, RuntimeError) as err:  # RuntimeError: a sweep kind it lacks
             raise UserError(f"{text} cannot be searched: {str(err) or type(err).__name__} (the search space takes "
                             "interval(a,b) with a < b, tag(log,interval(a,b)) with 0 < a < b, range(a,b) or "
                             "choice(x,y,...))") from err

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import torch
 import yaml
-from hydra.utils import get_class, get_object
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cl_runner import evaluate
 from cl_runner.data.datasets import ImageSet, Splits
-from cl_runner.errors import UserError
+from cl_runner.data.augment import Augmentation
+from cl_runner.errors import UserError, first_line
 from cl_runner.evaluate import PROTOCOLS
 from cl_runner.optim import LR_SCALING
 from cl_runner.probes import SOLVERS
@@ -135,10 +137,25 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
     if loss_class.two_views and cfg.pairing.views != 2:
         raise UserError(f"loss={loss_name} compares two views of each image: it needs pairing.views=2, "
                         f"not {cfg.pairing.views}")
+    check_augmentation(cfg, choices)
     if cfg.batch_size % processes:
         lower = cfg.batch_size - cfg.batch_size % processes
         raise UserError(f"batch_size={cfg.batch_size} does not split evenly over {processes} processes: use a "
                         f"multiple of {processes} (e.g. {lower or processes} or {lower + processes})")
+
+
+def check_augmentation(cfg: DictConfig, choices: dict[str, str]) -> None:
+    """Build the augmentation (its operations check their settings) and check its pipelines against the views
+    the pairing augments: cheap, and before any image is read."""
+    try:
+        augmentation = instantiate(cfg.aug)
+        if isinstance(augmentation, Augmentation):
+            pairing = instantiate(cfg.pairing)
+            augmentation.check_views(pairing.augmented_views(), choices.get("pairing", pairing.name))
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from err
+        raise UserError(f"aug or pairing: {first_line(err.__cause__ or err)}") from err
 
 
 def check_rules(node: DictConfig, rules: list[Rule], prefix: str = "", present_only: bool = False) -> None:
@@ -218,6 +235,8 @@ def close_keys(key: str, conf: Path) -> list[str]:
     if (conf / group).is_dir():  # an option's keys stand under its group, unless it is a global package
         trees += [_yaml(option) if "# @package _global_" in option.read_text() else {group: _yaml(option)}
                   for option in sorted((conf / group).glob("*.yaml"))]
+        trees += [{group: {option.parent.name: _yaml(option)}}  # a nested group's (aug/ops: aug.ops)
+                  for option in sorted((conf / group).glob("*/*.yaml"))]
     candidates: set[str] = {g.name for g in conf.iterdir() if g.is_dir()} if not parent else set()
     for tree in trees:
         node = tree

@@ -1,9 +1,12 @@
-"""Batched augmentation: cl-runner's own tensor code against kornia's, the same SimCLR recipe, one process.
+"""Batched augmentation, images per second in one process: every operation of conf/aug/ops/default.yaml alone
+(applied to every image: p = 1), each composition named with --aug (its positive's pipeline), and with --kornia
+the guo and simclr recipes against kornia's (kornia is not a dependency of cl-runner: `pip install kornia`).
 
-kornia is not a dependency of cl-runner; install it to run this comparison (`pip install kornia`). Prints a
-table and one JSON line with images per second of each and the ratio own/kornia. Example:
+Prints a table and one JSON line per figure. Examples:
 
     python scripts/bench_augment.py --dataset cifar10 --batch-size 1024
+    python scripts/bench_augment.py --dataset mnist --aug guo simclr --no-ops
+    python scripts/bench_augment.py --aug simclr --kornia --no-ops
 """
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ import time
 
 import torch
 
-from cl_runner.data.augment import PadRotateScale, SimCLRAugment, to_unit
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cl_runner.cli import config_dir
+from cl_runner.data.augment import Augmentation, to_unit
 from cl_runner.data.datasets import CIFAR10, MNIST, Digits
 from cl_runner.runtime import device_name, resolve_device, retain_freed_memory
 
@@ -47,10 +55,24 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def composed(aug: str, *overrides: str) -> Augmentation:
+    """The augmentation `aug=...` as cl-run composes it."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return instantiate(compose("config", overrides=[f"aug={aug}", *overrides]).aug)
+
+
+def operation_names() -> list[str]:
+    """The operations of the library (its aliases left out)."""
+    library = OmegaConf.load(config_dir() / "aug" / "ops" / "default.yaml")
+    return [name for name, value in library.items() if OmegaConf.is_dict(value)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="cifar10", choices=["digits", "mnist", "cifar10"])
-    parser.add_argument("--aug", default="simclr", choices=["guo", "simclr"])
+    parser.add_argument("--aug", nargs="*", default=["none", "guo", "simclr", "byol"], help="compositions to time")
+    parser.add_argument("--no-ops", action="store_true", help="skip the operations one by one")
+    parser.add_argument("--kornia", action="store_true", help="also time kornia's guo and simclr recipes")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -62,21 +84,21 @@ def main() -> None:
     dataset = {"digits": lambda: Digits(), "mnist": lambda: MNIST(args.data_root),
                "cifar10": lambda: CIFAR10(args.data_root)}[args.dataset]()
     images = dataset.read("train").images[:args.batch_size].to(device)
-    ours = SimCLRAugment() if args.aug == "simclr" else PadRotateScale()
-    theirs = kornia_pipeline(args.aug, images.shape[-1], images.shape[1]).to(device)
     generator = torch.Generator(device).manual_seed(0)
-    own_s = timed(lambda: ours(images, generator), args.repeats, device)
-    kornia_s = timed(lambda: theirs(to_unit(images)), args.repeats, device)
-    result = {"dataset": args.dataset, "aug": args.aug, "batch_size": args.batch_size, "device": str(device),
-              "device_name": device_name(device), "threads": torch.get_num_threads(),
-              "own_images_per_s": args.batch_size / own_s, "kornia_images_per_s": args.batch_size / kornia_s,
-              "own_over_kornia": kornia_s / own_s}
-    print(f"{args.aug} on {args.batch_size} {args.dataset} images, {result['device_name']} "
-          f"({result['threads']} threads)")
-    print(f"own tensor code {result['own_images_per_s']:>10.0f} images/s")
-    print(f"kornia          {result['kornia_images_per_s']:>10.0f} images/s")
-    print(f"own / kornia = {result['own_over_kornia']:.2f}")
-    print(json.dumps(result))
+    timings = [(f"op {name}", composed("none", f"aug.views=[[{name}]]", f"aug.ops.{name}.p=1.0").view(1))
+               for name in ([] if args.no_ops else operation_names())]
+    timings += [(f"aug={aug}", composed(aug).view(1)) for aug in args.aug]
+    if args.kornia:
+        timings += [(f"kornia {aug}", lambda x, g, k=kornia_pipeline(aug, images.shape[-1], images.shape[1]).to(device):
+                     k(to_unit(x))) for aug in ("guo", "simclr")]
+    print(f"{args.batch_size} {args.dataset} images {tuple(images.shape[1:])}, {device_name(device)} "
+          f"({torch.get_num_threads()} threads)")
+    for name, pipeline in timings:
+        seconds = timed(lambda p=pipeline: p(images, generator), args.repeats, device)
+        print(f"{name:<24} {args.batch_size / seconds:>12.0f} images/s")
+        print(json.dumps({"what": name, "dataset": args.dataset, "batch_size": args.batch_size, "device": str(device),
+                          "device_name": device_name(device), "threads": torch.get_num_threads(),
+                          "images_per_s": args.batch_size / seconds}))
 
 
 if __name__ == "__main__":

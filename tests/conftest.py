@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CL_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -165,3 +167,10 @@ class Planted:
 
     def __reduce__(self):
         return Path.touch, (self.marker,)
+
+
+def preset(name: str, *overrides: str):
+    """The augmentation `aug=name` (with `aug.` overrides) as cl-run composes and builds it."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"aug={name}", *overrides])
+    return instantiate(cfg.aug)

@@ -3,19 +3,20 @@ the batches the eager code builds from the same draws of the same streams."""
 import pytest
 import torch
 
-from cl_runner.data.augment import NoAugment, PadRotateScale, SimCLRAugment
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import MultiViewSampler, PairSampler, TripletSampler
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import compiles
 
+from conftest import preset
+
 BUILDERS = {  # sampler, augmentation, image channels: every sampler, every augmentation, both channel counts
-    "triplet-simclr-rgb": (lambda: TripletSampler(augment_anchor=True), SimCLRAugment, 3),
-    "triplet-guo-gray": (TripletSampler, PadRotateScale, 1),
-    "pair-guo-gray": (PairSampler, PadRotateScale, 1),
-    "pair-fixed-views-simclr-rgb": (lambda: PairSampler(fixed_views=True, negatives="random"), SimCLRAugment, 3),
-    "multiview-simclr-rgb": (lambda: MultiViewSampler(views=3, negatives="label_aware"), SimCLRAugment, 3),
-    "multiview-none-gray": (MultiViewSampler, NoAugment, 1),
+    "triplet-simclr-rgb": (lambda: TripletSampler(augment_anchor=True), lambda: preset("simclr"), 3),
+    "triplet-guo-gray": (TripletSampler, lambda: preset("guo"), 1),
+    "pair-guo-gray": (PairSampler, lambda: preset("guo"), 1),
+    "pair-fixed-views-simclr-rgb": (lambda: PairSampler(fixed_views=True, negatives="random"), lambda: preset("simclr"), 3),
+    "multiview-simclr-rgb": (lambda: MultiViewSampler(views=3, negatives="label_aware"), lambda: preset("simclr"), 3),
+    "multiview-none-gray": (MultiViewSampler, lambda: preset("none"), 1),
 }
 
 

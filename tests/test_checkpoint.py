@@ -17,7 +17,6 @@ from torch import nn
 
 from cl_runner import checkpoint
 from cl_runner.checkpoint import Checkpointer, LoopPosition, load_payload
-from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler
 from cl_runner.errors import UserError
@@ -28,7 +27,7 @@ from cl_runner.parts import TrainingParts
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import make_grad_scaler
 from cl_runner.train import LoopSettings, pretrain
-from conftest import TINY, Planted, run_main
+from conftest import Planted, TINY, preset, run_main
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def digits_training(run_dir: Path) -> TrainingParts:
     torch.manual_seed(0)
     streams = TrainingStreams.from_seed(0)
     sampler = MultiViewSampler()
-    sampler.setup(read_digits("train").head(256), NoAugment(), streams)
+    sampler.setup(read_digits("train").head(256), preset("none"), streams)
     encoder = Encoder(PamiCNN(1), projector=[16, 8])
     loss_fn = MoCoLoss(queue_size=192)
     loss_fn.setup(encoder, batch_size=64)

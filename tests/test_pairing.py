@@ -1,12 +1,14 @@
 import pytest
 import torch
 
-from cl_runner.data.augment import NoAugment, SimCLRAugment, normalize, to_unit
+from cl_runner.data.augment import normalize, to_unit
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import (LabelAwareNegatives, MultiViewSampler, PairSampler, RandomNegatives,
                                    TripletSampler)
 from cl_runner.distributed import World
 from cl_runner.randomness import TrainingStreams
+
+from conftest import preset
 
 
 def toy_set(n: int = 300, classes: int = 5, seed: int = 0) -> ImageSet:
@@ -47,7 +49,7 @@ def test_negatives_need_two_classes():
 def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
     data = toy_set()
     sampler = TripletSampler()
-    sampler.setup(data, NoAugment(), TrainingStreams.from_seed(0))
+    sampler.setup(data, preset("none"), TrainingStreams.from_seed(0))
     ids = torch.arange(10, 42)
     batch = sampler.batch(ids, TrainingStreams.from_seed(3))
     assert batch.views == 3 and batch.target is None and batch.images.shape == (96, 1, 8, 8)
@@ -62,7 +64,7 @@ def test_triplet_batch_stacks_clean_anchor_augmented_positive_clean_negative():
 def test_pair_batch_has_a_positive_and_a_negative_pair_per_image(sync_free):
     data = toy_set()
     sampler = PairSampler()
-    sampler.setup(data, NoAugment(), TrainingStreams.from_seed(0))
+    sampler.setup(data, preset("none"), TrainingStreams.from_seed(0))
     assert not sampler.sync_free  # chosen from the data's device: CPU builds only the images each pair needs
     sampler.sync_free = sync_free
     n = len(data)
@@ -84,12 +86,12 @@ def test_fixed_views_are_drawn_once_and_reused():
     def positives(sampler, seed):
         return sampler.batch(ids, TrainingStreams.from_seed(seed)).images.view(3, 16, 1, 8, 8)[1]
     fixed = TripletSampler(fixed_views=True)
-    fixed.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    fixed.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     first, again = positives(fixed, 1), positives(fixed, 2)
     assert torch.equal(first, again)
     assert torch.equal(first, normalize(to_unit(fixed.stored_views[ids])))  # quantized to uint8 once, as PIL did
     fresh = TripletSampler()
-    fresh.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    fresh.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     assert not torch.equal(positives(fresh, 1), positives(fresh, 2))
 
 
@@ -109,13 +111,13 @@ def test_multiview_batch_stacks_k_views_and_passes_labels_only_when_label_aware(
     data = toy_set()
     ids = torch.arange(8)
     sampler = MultiViewSampler(views=3, negatives="label_aware")
-    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    sampler.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     batch = sampler.batch(ids, TrainingStreams.from_seed(1))
     assert batch.views == 3 and batch.images.shape == (24, 1, 8, 8) and torch.equal(batch.labels, data.labels[ids])
     views = batch.images.view(3, 8, 1, 8, 8)
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
     unsupervised = MultiViewSampler(views=2)
-    unsupervised.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    unsupervised.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     assert unsupervised.batch(ids, TrainingStreams.from_seed(1)).labels is None
     with pytest.raises(ValueError, match="at least 2"):
         MultiViewSampler(views=1)
@@ -125,7 +127,7 @@ def test_augment_anchor_draws_the_anchor_as_a_view_too():
     data = toy_set()
     ids = torch.arange(16)
     sampler = TripletSampler(augment_anchor=True)
-    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    sampler.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     anchors, positives, _ = sampler.batch(ids, TrainingStreams.from_seed(3)).images.view(3, 16, 1, 8, 8)
     assert not torch.equal(anchors, normalize(to_unit(data.images[ids])))
     assert not torch.equal(anchors, positives)  # independent draws
@@ -147,7 +149,7 @@ def test_the_ranks_parts_of_a_batch_make_the_one_process_batch(kind, sync_free):
     data = ImageSet(torch.randint(0, 256, (len(data), 3, 8, 8), generator=torch.Generator().manual_seed(5),
                                   dtype=torch.uint8), data.labels, data.classes)
     sampler = SAMPLERS[kind]()
-    sampler.setup(data, SimCLRAugment(), TrainingStreams.from_seed(0))
+    sampler.setup(data, preset("simclr"), TrainingStreams.from_seed(0))
     sampler.sync_free = sync_free
     ids = torch.randperm(sampler.tuples_per_epoch(), generator=torch.Generator().manual_seed(3))[:50]
     whole = sampler.batch(ids, TrainingStreams.from_seed(1))

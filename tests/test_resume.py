@@ -18,7 +18,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import checkpoint, experiment
 from cl_runner.checkpoint import Checkpointer, LoopPosition, load_payload
-from cl_runner.data.augment import NoAugment
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss, TripletMarginLoss
@@ -28,7 +27,7 @@ from cl_runner.interruption import Interrupted, SignalStop
 from cl_runner.parts import TrainingParts
 from cl_runner.runtime import make_grad_scaler
 from cl_runner.train import Diverged, LoopSettings, pretrain
-from conftest import DATA_ROOT, REPO, finish, run_cli, run_main, spawn, stderr_of
+from conftest import DATA_ROOT, REPO, finish, preset, run_cli, run_main, spawn, stderr_of
 
 RUN = ["dataset=digits", "epochs=3", "batch_size=128", "loss=triplet", "aug=simclr", "eval.tsne_points=50",
        "log_every=1", "optimizer=lars", "schedule=warmup_cosine",
@@ -161,7 +160,7 @@ def digit_triplets(run_dir: Path, loss_fn: Loss) -> TrainingParts:
     train = read_digits("train").head(256)
     streams = TrainingStreams.from_seed(0)
     sampler = TripletSampler()
-    sampler.setup(train, NoAugment(), streams)
+    sampler.setup(train, preset("none"), streams)
     encoder = PamiCNN(1)
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     scaler = make_grad_scaler(torch.device("cpu"), "fp32")
@@ -217,7 +216,7 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
         torch.manual_seed(0)
         streams = TrainingStreams.from_seed(0)
         sampler = MultiViewSampler()
-        sampler.setup(read_digits("train").head(256), NoAugment(), streams)
+        sampler.setup(read_digits("train").head(256), preset("none"), streams)
         encoder = Encoder(PamiCNN(1), projector=[16, 8])
         loss_fn = MoCoLoss(queue_size=192)  # not a multiple of the 128 keys a step: the queue wraps mid-step
         loss_fn.setup(encoder, batch_size=64)

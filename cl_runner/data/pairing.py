@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from cl_runner.batch import TupleBatch
-from cl_runner.data.augment import normalize, rows_of, to_unit
+from cl_runner.data.augment import Augmentation, normalize, rows_of, to_unit
 from cl_runner.data.datasets import ImageSet
 from cl_runner.errors import ConfigError
 from cl_runner.randomness import TrainingStreams
@@ -81,6 +81,8 @@ class TupleSampler(ABC):
     stored it) and reuse it every epoch, as the study's code did; otherwise a fresh draw every step.
     negatives: `label_aware` (another class) or `random` (any other image).
     augment_anchor: the anchor is an augmented view too (its own draw), as in SimCLR and BYOL.
+    View k of a tuple (0: the anchor, 1: the positive; a multi-view tuple's views in order) goes through the
+    augmentation's pipeline for view k.
 
     A batch is built in two steps: `draws`, every random number it needs, taken from the streams in a fixed order
     (a few generator calls), then `inputs`, which turns the tuple ids and the draws into model inputs: tensor
@@ -97,8 +99,9 @@ class TupleSampler(ABC):
             raise ConfigError(f"pairing.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
         self.fixed_views, self.negative_kind, self.augment_anchor = fixed_views, negatives, augment_anchor
 
-    def setup(self, train: ImageSet, augment, streams: TrainingStreams, compiled: bool = False,
+    def setup(self, train: ImageSet, augment: Augmentation, streams: TrainingStreams, compiled: bool = False,
               chunk: int = 4096) -> None:
+        augment.check_views(self.augmented_views(), self.name)
         self.train, self.augment = train, augment
         self.sync_free = compiled or train.images.device.type != "cpu"
         self.build = torch.compile(self.inputs, fullgraph=True, dynamic=False) if compiled else self.inputs
@@ -110,6 +113,10 @@ class TupleSampler(ABC):
                 augment(train.take(torch.arange(i, min(i + chunk, len(train)), device=streams.augment.device)),
                         streams.augment).mul(255).round_().to(torch.uint8)
                 for i in range(0, len(train), chunk)])
+
+    def augmented_views(self) -> list[int]:
+        """The indices of the views that are augmented (0: the anchor, 1: the positive)."""
+        return [0, 1] if self.augment_anchor else [1]
 
     @abstractmethod
     def tuples_per_epoch(self) -> int:
@@ -136,37 +143,38 @@ class TupleSampler(ABC):
         """The `rows` of the batch of `ids` from its `draws`: normalized images stacked by view, the target
         (pairs) and the labels (label-aware multi-view), without a generator."""
 
-    def view_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The draws of n freshly augmented views."""
-        return self.augment.uniforms(n, generator, generator.device)
+    def view_draws(self, n: int, generator: torch.Generator, view: int) -> dict[str, torch.Tensor]:
+        """The draws of n freshly augmented views, as view `view` of their tuples."""
+        return self.augment.view(view).uniforms(n, tuple(self.train.images.shape[1:]), generator, generator.device)
 
     def anchor_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
         """The anchors' draws: none for clean anchors."""
-        return self.view_draws(n, generator) if self.augment_anchor else None
+        return self.view_draws(n, generator, 0) if self.augment_anchor else None
 
-    def positive_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+    def positive_draws(self, n: int, generator: torch.Generator, view: int = 1) -> dict[str, torch.Tensor] | None:
         """The positives' draws: none with fixed views."""
-        return None if self.stored_views is not None else self.view_draws(n, generator)
+        return None if self.stored_views is not None else self.view_draws(n, generator, view)
 
-    def augmented(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor],
-                  rows: slice | torch.Tensor) -> torch.Tensor:
+    def augmented(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor], rows: slice | torch.Tensor,
+                  view: int) -> torch.Tensor:
         """Augmented views in [0, 1] of the images `anchors[rows]`, their draws `uniforms` made for all `anchors`."""
-        params = self.augment.params(uniforms, self.train.images.shape[-2:])
-        return self.augment.apply(self.train.take(anchors[rows]), rows_of(params, rows), self.sync_free)
+        pipeline = self.augment.view(view)
+        params = pipeline.params(uniforms, self.train.images.shape[-2:])
+        return pipeline.apply(self.train.take(anchors[rows]), rows_of(params, rows), self.sync_free)
 
     def positive_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
-                       rows: slice | torch.Tensor) -> torch.Tensor:
+                       rows: slice | torch.Tensor, view: int = 1) -> torch.Tensor:
         """Augmented views in [0, 1] of the images `anchors[rows]`: the stored ones with `fixed_views`."""
         if uniforms is None:
             return to_unit(self.stored_views.index_select(0, anchors[rows]))
-        return self.augmented(anchors, uniforms, rows)
+        return self.augmented(anchors, uniforms, rows, view)
 
     def anchor_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
                      rows: slice | torch.Tensor) -> torch.Tensor:
         """The anchors `anchors[rows]` in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
         if uniforms is None:
             return to_unit(self.train.take(anchors[rows]))
-        return self.augmented(anchors, uniforms, rows)
+        return self.augmented(anchors, uniforms, rows, 0)
 
     def negative_images(self, anchors: torch.Tensor, u: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
         """Negatives in [0, 1] for `anchors[rows]`, from the draws `u` made for all `anchors`."""
@@ -256,13 +264,16 @@ class MultiViewSampler(TupleSampler):
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
+    def augmented_views(self) -> list[int]:
+        return list(range(0 if self.augment_anchor else 1, self.views))
+
     def draws(self, ids, streams) -> Draws:
         n = len(ids)
         return {"first": self.anchor_draws(n, streams.augment),  # a clean first view unless augment_anchor
-                "others": [self.positive_draws(n, streams.augment) for _ in range(self.views - 1)]}
+                "others": [self.positive_draws(n, streams.augment, view) for view in range(1, self.views)]}
 
     def inputs(self, ids, draws, rows):
         first = self.anchor_views(ids, draws["first"], rows)
-        others = [self.positive_views(ids, drawn, rows) for drawn in draws["others"]]
+        others = [self.positive_views(ids, drawn, rows, view) for view, drawn in enumerate(draws["others"], 1)]
         labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None
         return normalize(torch.cat([first, *others])), None, labels

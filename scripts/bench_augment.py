@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,7 +64,7 @@ def composed(aug: str, *overrides: str) -> Augmentation:
 
 def operation_names() -> list[str]:
     """The operations of the library (its aliases left out)."""
-    library = OmegaConf.load(config_dir() / "aug" / "ops" / "default.yaml")
+    library = OmegaConf.load(Path(config_dir()) / "aug" / "ops" / "default.yaml")
     return [name for name, value in library.items() if OmegaConf.is_dict(value)]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,4 +174,7 @@ def preset(name: str, *overrides: str):
     """The augmentation `aug=name` (with `aug.` overrides) as cl-run composes and builds it."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=[f"aug={name}", *overrides])
-    return instantiate(cfg.aug)
+    try:
+        return instantiate(cfg.aug)
+    except InstantiationException as err:  # the composition's own refusal, as cl-run prints it
+        raise err.__cause__ from err

@@ -10,13 +10,21 @@ from cl_runner.runtime import compiles
 
 from conftest import preset
 
+EVERY_OP = ("aug.views=[[crop, flip, jitter, grayscale, blur, rotate, rotate90, pad_rotate_scale, cutout, noise, "
+            "sobel, solarize]]")
+SOME_AT_P = ("aug.ops.blur.p=0.5", "aug.ops.rotate90.p=0.3", "aug.ops.cutout.p=0.7", "aug.ops.noise.p=0.5")
 BUILDERS = {  # sampler, augmentation, image channels: every sampler, every augmentation, both channel counts
     "triplet-simclr-rgb": (lambda: TripletSampler(augment_anchor=True), lambda: preset("simclr"), 3),
     "triplet-guo-gray": (TripletSampler, lambda: preset("guo"), 1),
     "pair-guo-gray": (PairSampler, lambda: preset("guo"), 1),
-    "pair-fixed-views-simclr-rgb": (lambda: PairSampler(fixed_views=True, negatives="random"), lambda: preset("simclr"), 3),
+    "pair-fixed-views-simclr-rgb": (lambda: PairSampler(fixed_views=True, negatives="random"),
+                                    lambda: preset("simclr"), 3),
     "multiview-simclr-rgb": (lambda: MultiViewSampler(views=3, negatives="label_aware"), lambda: preset("simclr"), 3),
     "multiview-none-gray": (MultiViewSampler, lambda: preset("none"), 1),
+    "multiview-byol-rgb": (MultiViewSampler, lambda: preset("byol"), 3),
+    "pair-every-operation-gray": (lambda: PairSampler(augment_anchor=True),
+                                  lambda: preset("none", EVERY_OP, *SOME_AT_P), 1),
+    "multiview-every-operation-rgb": (MultiViewSampler, lambda: preset("none", EVERY_OP, *SOME_AT_P), 3),
 }
 
 

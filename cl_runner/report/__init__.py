@@ -4,7 +4,8 @@ differences between scenarios that share their seeds' random draws, one figure o
 Runs at the end of `cl-run -m` (a Hydra callback) and as `cl-report DIR`.
 
 Files: results.md (scenarios and comparisons), results.csv (one row per job, with its seed), scenarios.csv
-(mean and interval per metric), comparisons.csv, results.png, tsne_grid.png. A search's folder (an Optuna study,
+(mean and interval per metric), comparisons.csv, results.png, tsne_grid.png, and for a sweep over two factors
+matrix.png (report/matrix.py). A search's folder (an Optuna study,
 cl_runner.search) gets a search's report instead: report/study.py."""
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from cl_runner import atomic, run_folder
 from cl_runner.report.comparisons import default_factors
 from cl_runner.report.figures import save_results_png, save_tsne_grid
 from cl_runner.report.jobs import factor_columns, load_jobs
+from cl_runner.report.matrix import save_matrix_png
 from cl_runner.report.study import build_search_report, is_search
 from cl_runner.report.tables import (comparison_table, comparisons_csv, csv_table, interval_table, job_table,
                                      report_markdown)
@@ -51,6 +53,7 @@ def build_report(sweep_dir: Path, compare: list[str] | None = None) -> Path:
     if any(rows for _, rows in comparisons.values()):
         write(sweep_dir / "comparisons.csv", csv_table(*comparisons_csv(comparisons)).encode())
     save_results_png(sweep_dir / "results.png", jobs)
+    save_matrix_png(sweep_dir / "matrix.png", jobs)
     save_tsne_grid(sweep_dir / "tsne_grid.png", jobs)
     return sweep_dir / "results.md"
 

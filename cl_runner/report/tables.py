@@ -11,6 +11,7 @@ from cl_runner.intervals import CONFIDENCE, METHOD, Interval, mean_interval
 from cl_runner.report.comparisons import contrasts, following_factors
 from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, Job, factor_columns, label, scenarios,
                                   values)
+from cl_runner.report.matrix import matrix_markdown
 
 
 def _cell(interval: Interval, signed: bool = False) -> str:
@@ -147,7 +148,8 @@ def comparisons_csv(comparisons: dict[str, Table]) -> Table:
 
 
 def report_markdown(sweep_dir: Path, jobs: list[Job], comparisons: dict[str, Table]) -> str:
-    """results.md: the sweep in a line, the scenario table, and each factor's comparison table."""
+    """results.md: the sweep in a line, the scenario table, the matrix of a two-factor sweep, and each factor's
+    comparison table."""
     groups = scenarios(jobs)
     seeds = sorted({j.seed for j in jobs if j.seed is not None})
     completed = sum(j.completed for j in jobs)
@@ -160,7 +162,7 @@ def report_markdown(sweep_dir: Path, jobs: list[Job], comparisons: dict[str, Tab
     lines += [f"Mean over seeds ± half-width of its {CONFIDENCE:.0%} confidence interval ({METHOD}; no ± with "
               "one seed). Random init: the same seeds' encoders as initialized, evaluated the same way; gain: "
               "trained minus random init, per seed. One row per job: results.csv.", "",
-              markdown_table(*scenario_table(jobs))]
+              markdown_table(*scenario_table(jobs)), "", *matrix_markdown(jobs)]
     for factor, (header, rows) in comparisons.items():
         if not rows:
             continue

@@ -143,7 +143,7 @@ class Augmentation:
                 raise ConfigError(f"aug.ops.{name} has no setting {unknown[0]!r}: {op_class.__name__} takes "
                                   f"{', '.join(known)}")
             try:
-                built[name] = instantiate(settings)
+                built[name] = instantiate(settings, _convert_="all")  # plain lists and dicts
             except InstantiationException as err:
                 cause = err.__cause__ or err
                 raise ConfigError(f"aug.ops.{name}: {cause}") from err

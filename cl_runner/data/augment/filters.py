@@ -8,9 +8,6 @@ import torch.nn.functional as F
 from cl_runner.data.augment.base import Operation, Params, check_range, per_sample, scaled
 from cl_runner.errors import ConfigError
 
-SOBEL = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # d/dx; its transpose is d/dy
-
-
 def simclr_kernel(side: int) -> int:
     """SimCLR's blur kernel: 10% of the image side, made odd (Chen et al. 2020, appendix A: 23 px at 224)."""
     return 2 * (side // 10 // 2) + 1
@@ -86,11 +83,14 @@ class Sobel(Operation):
     repeated past the border), scaled so that each image's strongest edge is 1 (a flat image stays 0)."""
 
     def transform(self, images, params, sync_free):
-        n, channels, height, width = images.shape
-        dx = torch.tensor(SOBEL, device=images.device, dtype=images.dtype)
-        kernels = torch.stack([dx, dx.T]).unsqueeze(1)  # [2, 1, 3, 3]
-        padded = F.pad(images.reshape(n * channels, 1, height, width), (1, 1, 1, 1), mode="replicate")
-        gradients = F.conv2d(padded, kernels)  # [B C, 2, H, W]
-        magnitude = torch.linalg.vector_norm(gradients, dim=1).view(n, channels, height, width)
+        """The 3x3 kernels' separable form: a difference of the neighbours along one axis, smoothed (1, 2, 1)
+        along the other, on views of the padded batch (on CPU far faster than a one-channel convolution)."""
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+        across = padded[..., 2:] - padded[..., :-2]  # [B, C, H + 2, W]
+        down = padded[..., 2:, :] - padded[..., :-2, :]  # [B, C, H, W + 2]
+        gx = torch.add(across[..., 0:height, :], across[..., 2:, :]).add_(across[..., 1:height + 1, :], alpha=2)
+        gy = torch.add(down[..., 0:width], down[..., 2:]).add_(down[..., 1:width + 1], alpha=2)
+        magnitude = torch.hypot(gx, gy)
         strongest = magnitude.amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
-        return magnitude / strongest
+        return magnitude.div_(strongest)

@@ -1,0 +1,125 @@
+"""A sweep over two factors as a matrix (SimCLR's Figure 5 layout): rows the first factor's levels, columns the
+second's, each cell the mean over seeds with its interval and its number of seeds, the random initialization's
+score beside it; as a markdown table in results.md and a heatmap (matrix.png). Any two-factor sweep qualifies
+(augmentation pairs, colour strength x blur, loss x temperature), per data set."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cl_runner import export
+from cl_runner.intervals import CONFIDENCE, METHOD, Interval, mean_interval
+from cl_runner.report.jobs import HEADLINE, Job, label, values
+
+
+@dataclass
+class Matrix:
+    """One metric of a two-factor sweep: `cells[i][j]` the interval of rows[i] x columns[j] (None: no completed
+    job), and the random initialization's mean over every job of the matrix."""
+
+    row_factor: str
+    column_factor: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[list[Interval | None]]
+    random_init: float | None
+
+
+def two_factors(jobs: list[Job]) -> tuple[str, str] | None:
+    """The two factors that vary across the completed jobs, the data set aside, in the sweep's order; None when
+    the sweep does not vary exactly two."""
+    done = [j for j in jobs if j.completed]
+    names = list(dict.fromkeys(k for j in done for k in j.factors))
+    varying = [n for n in names if n != "dataset" and len({j.factors.get(n) for j in done}) > 1]
+    return (varying[0], varying[1]) if len(varying) == 2 else None
+
+
+def matrices(jobs: list[Job], protocol: str, name: str) -> dict[str, Matrix]:
+    """Per data set, the matrix of `protocol`'s `name` score; empty unless exactly two factors vary."""
+    factors = two_factors(jobs)
+    if factors is None:
+        return {}
+    done = [j for j in jobs if j.completed]
+    found = {}
+    for dataset in dict.fromkeys(j.factors.get("dataset", "") for j in done):
+        mine = [j for j in done if j.factors.get("dataset", "") == dataset]
+        rows, columns = (list(dict.fromkeys(j.factors.get(f) for j in mine)) for f in factors)
+        cells = [[_cell([j for j in mine if j.factors.get(factors[0]) == r and j.factors.get(factors[1]) == c],
+                        protocol, name) for c in columns] for r in rows]
+        baseline = values(mine, "baseline", protocol, name)
+        found[dataset] = Matrix(*factors, rows, columns, cells, float(np.mean(baseline)) if baseline else None)
+    return found
+
+
+def _cell(jobs: list[Job], protocol: str, name: str) -> Interval | None:
+    found = values(jobs, "", protocol, name)
+    return mean_interval(found) if found else None
+
+
+def _text(cell: Interval | None) -> str:
+    if cell is None:
+        return "-"
+    spread = "" if math.isnan(cell.low) else f" ± {cell.half_width:.3f}"
+    return f"{cell.mean:.3f}{spread} ({cell.n})"
+
+
+def matrix_markdown(jobs: list[Job]) -> list[str]:
+    """results.md's matrix section: one table per headline metric and data set (none unless two factors vary)."""
+    lines = []
+    for protocol, name in HEADLINE:
+        for dataset, m in matrices(jobs, protocol, name).items():
+            if not lines:
+                lines += [f"## Matrix: {m.row_factor} (rows) x {m.column_factor} (columns)", "",
+                          f"Mean over seeds ± half-width of its {CONFIDENCE:.0%} interval ({METHOD}), and in "
+                          "brackets the number of seeds; drawn in matrix.png.", ""]
+            init = "" if m.random_init is None else f"; random init {m.random_init:.3f}"
+            lines += [f"{dataset + ': ' if dataset else ''}{label(protocol, name)} accuracy{init}", "",
+                      "| " + " | ".join([f"{m.row_factor} \\ {m.column_factor}", *m.columns]) + " |",
+                      "|" + "---|" * (len(m.columns) + 1)]
+            lines += ["| " + " | ".join([row, *map(_text, cells)]) + " |" for row, cells in zip(m.rows, m.cells)]
+            lines.append("")
+    return lines
+
+
+def save_matrix_png(path: Path, jobs: list[Job]) -> bool:
+    """The heatmaps: per data set (rows of panels) and headline metric (columns), each cell coloured by its mean
+    and labelled with mean, ± interval and seeds; the random initialization's score marked on the colour bar.
+    False (nothing written) unless exactly two factors vary."""
+    panels = [(protocol, name, dataset, m) for protocol, name in HEADLINE
+              for dataset, m in matrices(jobs, protocol, name).items()]
+    if not panels:
+        return False
+    datasets = list(dict.fromkeys(p[2] for p in panels))
+    size = max(max(len(p[3].rows), len(p[3].columns)) for p in panels)
+    side = 1.3 + 0.95 * size
+    plt = export.pyplot()
+    fig, axes = plt.subplots(len(datasets), len(HEADLINE), squeeze=False, figsize=(side * 1.25 * len(HEADLINE),
+                                                                                  side * len(datasets)))
+    for protocol, name, dataset, m in panels:
+        ax = axes[datasets.index(dataset), HEADLINE.index((protocol, name))]
+        means = np.array([[np.nan if c is None else c.mean for c in row] for row in m.cells])
+        shown = [v for v in [*means[~np.isnan(means)], m.random_init] if v is not None]
+        image = ax.imshow(means, cmap="viridis", vmin=min(shown), vmax=max(shown))
+        for i, row in enumerate(m.cells):
+            for j, cell in enumerate(row):
+                if cell is None:
+                    continue
+                colour = "white" if cell.mean < (min(shown) + max(shown)) / 2 else "black"
+                spread = "" if math.isnan(cell.low) else f"\n±{cell.half_width:.3f}"
+                ax.text(j, i, f"{cell.mean:.3f}{spread}\nn={cell.n}", ha="center", va="center", fontsize=7,
+                        color=colour)
+        ax.set_xticks(range(len(m.columns)), m.columns, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(m.rows)), m.rows, fontsize=8)
+        ax.set_xlabel(m.column_factor, fontsize=9)
+        ax.set_ylabel(m.row_factor, fontsize=9)
+        ax.set_title(f"{dataset + ': ' if dataset else ''}{label(protocol, name)} accuracy", fontsize=10)
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if m.random_init is not None:
+            bar.ax.axhline(m.random_init, color="tab:red", linewidth=2.5)
+            bar.ax.set_ylabel(f"mean over seeds; red: random init {m.random_init:.3f}", fontsize=8)
+    fig.tight_layout()
+    export.save_figure(fig, path)
+    return True

@@ -39,7 +39,7 @@ def test_a_run_leaves_every_promised_file(digits_run):
     assert json.loads((digits_run / "status.json").read_text())["status"] == "completed"
     assert not list(digits_run.glob(".*.tmp"))  # atomic writes leave no temporaries
     config = yaml.safe_load((digits_run / "config.yaml").read_text())
-    assert config["epochs"] == 1 and config["aug"]["_target_"].endswith("SimCLRAugment")
+    assert config["epochs"] == 1 and config["aug"]["views"] == [["crop", "flip", "jitter", "grayscale", "blur"]]
     last = (digits_run / "cl_run.log").read_text().strip().splitlines()[-1]
     assert "done in" in last and "over its random initialization" in last and "paper linear 0." in last
     # one run takes every core torch would (the launcher's share of the cores is for a sweep's jobs)
@@ -202,7 +202,7 @@ BAD_INPUTS = [
     (["loss=ntxent", "pairing.fixed_views=true"], "pairing.fixed_views is for pairs and triplets"),
     (["optimizer=lars", "optimizer.momentum=1.5"], "optimizer.momentum must be a number in [0, 1)"),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be a number >= 0"),
-    (["aug=simclr", "aug.flip_p=1.5"], "aug: flip_p, jitter_p and grayscale_p are probabilities in [0, 1]"),
+    (["aug=simclr", "aug.ops.flip.p=1.5"], "aug.ops.flip: p=1.5 is not allowed: p must be a probability in [0, 1]"),
     (["encoder.projector=[0]"], "encoder.projector=[0] is not allowed: encoder.projector must be null (no projector)"),
     (["dataset=image_folder"], "dataset=image_folder needs the folder: add dataset.path=DIR"),
     (["dataset=image_folder", "dataset.path=missing_folder"], "dataset.path=missing_folder: no such folder"),
@@ -222,7 +222,7 @@ BAD_INPUTS = [
     (["dataset.train_subset=20000"], "dataset.train_subset=20000 is more than the 10000 train images of "
                                      "mnist_sample: choose at most 10000, or null for all of them"),
     (["dataset.test_subset=5000"], "dataset.test_subset=5000 is more than the 2000 test images of mnist_sample"),
-    (["aug=simclr", "aug.crop_scale=0.5"], "aug.crop_scale=0.5 is not allowed: aug.crop_scale must be [min, max]"),
+    (["aug=simclr", "aug.ops.crop.scale=0.5"], "aug.ops.crop: scale=0.5 is not allowed: scale must be [min, max]"),
     (["optimizer=adam", "optimizer.betas=0.5"], "optimizer.betas=0.5 is not allowed: optimizer.betas must be two "
                                                 "numbers in [0, 1)"),
     (["encoder.projector=0.5"], "encoder.projector=0.5 is not allowed: encoder.projector must be null (no "

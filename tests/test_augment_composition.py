@@ -115,15 +115,18 @@ def test_a_users_own_composition_lives_in_their_folder_on_hydras_search_path(tmp
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["scenario"]["aug"] == "crop_and_noise"
 
 
-def test_a_sweep_over_compositions_by_hydras_choice_syntax_runs_a_job_each(tmp_path, capfd):
+def test_a_sweep_over_two_operations_runs_a_job_each_and_reports_the_matrix(tmp_path, capfd):
     code, _, err = run_main(["-m", *TINY, "eval.tsne_points=0", "dataset.train_subset=128", "loss=ntxent",
-                             "aug=targeted_pair",
-                             "aug.first=choice(color,rotate90)", "aug.second=noise", "hydra.sweep.dir=sweep"],
-                            tmp_path, capfd)
+                             "aug=targeted_pair", "aug.first=choice(color,rotate90)", "aug.second=noise,sobel",
+                             "hydra.sweep.dir=sweep"], tmp_path, capfd)
     assert code == 0, err
-    folders = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").exists())
-    assert len(folders) == 2 and any("aug.first=color" in f for f in folders)
-    assert "aug.first" in (tmp_path / "sweep" / "results.md").read_text()
+    sweep = tmp_path / "sweep"
+    folders = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert len(folders) == 4 and any("aug.first=color,aug.second=sobel" in f for f in folders)
+    report = (sweep / "results.md").read_text()
+    assert "## Matrix: aug.first (rows) x aug.second (columns)" in report
+    assert "| aug.first \\ aug.second | noise | sobel |" in report
+    assert (sweep / "matrix.png").stat().st_size > 10_000
 
 
 def test_the_fixed_views_of_a_pair_sampler_come_from_the_positives_pipeline():

@@ -157,3 +157,26 @@ def test_a_sweep_without_labels_reports_its_diagnostics_with_intervals(tmp_path)
     assert "paper linear" not in cells
     with open(tmp_path / "results.csv") as fh:
         assert [row["diagnostics.rankme"] for row in csv.DictReader(fh)] == ["5.0000", "6.0000", "7.0000"]
+
+
+def test_a_two_factor_sweep_is_drawn_as_a_matrix_with_intervals_seeds_and_the_random_init(tmp_path):
+    number = 0
+    scores = {("guo", "cosine_embedding"): [0.70, 0.72, 0.74], ("guo", "triplet"): [0.80, 0.81],
+              ("simclr", "cosine_embedding"): [0.60, 0.66, 0.63], ("simclr", "triplet"): [0.90]}
+    for (aug, loss), values in scores.items():
+        for seed, paper in enumerate(values):
+            write_job(tmp_path, number, seed, loss, paper, BASELINE[seed], aug=aug)
+            number += 1
+    report.build_report(tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Matrix: aug (rows) x loss (columns)" in text
+    guo_cosine = mean_interval([0.70, 0.72, 0.74])
+    assert f"| guo | {guo_cosine.mean:.3f} ± {guo_cosine.half_width:.3f} (3) |" in text
+    assert f"| 0.900 (1) |" in text  # one seed: no interval
+    assert f"random init {sum(BASELINE) / 3:.3f}" in text
+    assert (tmp_path / "matrix.png").stat().st_size > 10_000
+
+
+def test_a_sweep_over_one_factor_draws_no_matrix(sweep):
+    report.build_report(sweep)
+    assert not (sweep / "matrix.png").exists() and "## Matrix" not in (sweep / "results.md").read_text()

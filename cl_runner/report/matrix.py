@@ -18,7 +18,7 @@ from cl_runner.report.jobs import HEADLINE, Job, label, values
 @dataclass
 class Matrix:
     """One metric of a two-factor sweep: `cells[i][j]` the interval of rows[i] x columns[j] (None: no completed
-    job), and the random initialization's mean over every job of the matrix."""
+    job), and the random initialization's score: the mean over the seeds of each seed's initial encoder."""
 
     row_factor: str
     column_factor: str
@@ -30,11 +30,20 @@ class Matrix:
 
 def two_factors(jobs: list[Job]) -> tuple[str, str] | None:
     """The two factors that vary across the completed jobs, the data set aside, in the sweep's order; None when
-    the sweep does not vary exactly two."""
+    the sweep does not vary exactly two. Factors whose levels go one to one are one factor (a loss and the
+    pairing it selects): the later one (the one chosen) stands for both."""
     done = [j for j in jobs if j.completed]
     names = list(dict.fromkeys(k for j in done for k in j.factors))
-    varying = [n for n in names if n != "dataset" and len({j.factors.get(n) for j in done}) > 1]
+    varying: list[str] = []
+    for name in (n for n in names if n != "dataset" and len({j.factors.get(n) for j in done}) > 1):
+        same = [v for v in varying if _one_to_one(done, v, name)]
+        varying = [v for v in varying if v not in same] + [name]
     return (varying[0], varying[1]) if len(varying) == 2 else None
+
+
+def _one_to_one(jobs: list[Job], a: str, b: str) -> bool:
+    pairs = {(j.factors.get(a), j.factors.get(b)) for j in jobs}
+    return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
 
 
 def matrices(jobs: list[Job], protocol: str, name: str) -> dict[str, Matrix]:
@@ -49,7 +58,9 @@ def matrices(jobs: list[Job], protocol: str, name: str) -> dict[str, Matrix]:
         rows, columns = (list(dict.fromkeys(j.factors.get(f) for j in mine)) for f in factors)
         cells = [[_cell([j for j in mine if j.factors.get(factors[0]) == r and j.factors.get(factors[1]) == c],
                         protocol, name) for c in columns] for r in rows]
-        baseline = values(mine, "baseline", protocol, name)
+        by_seed = [values([j for j in mine if j.seed == seed], "baseline", protocol, name)
+                   for seed in dict.fromkeys(j.seed for j in mine)]
+        baseline = [float(np.mean(b)) for b in by_seed if b]  # one figure per seed: its encoder as initialized
         found[dataset] = Matrix(*factors, rows, columns, cells, float(np.mean(baseline)) if baseline else None)
     return found
 
@@ -115,11 +126,12 @@ def save_matrix_png(path: Path, jobs: list[Job]) -> bool:
         ax.set_yticks(range(len(m.rows)), m.rows, fontsize=8)
         ax.set_xlabel(m.column_factor, fontsize=9)
         ax.set_ylabel(m.row_factor, fontsize=9)
-        ax.set_title(f"{dataset + ': ' if dataset else ''}{label(protocol, name)} accuracy", fontsize=10)
+        init = "" if m.random_init is None else f"\nred on the bar: random init {m.random_init:.3f}"
+        ax.set_title(f"{dataset + ': ' if dataset else ''}{label(protocol, name)} accuracy{init}", fontsize=9)
         bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        bar.ax.set_ylabel("mean over seeds", fontsize=8)
         if m.random_init is not None:
-            bar.ax.axhline(m.random_init, color="tab:red", linewidth=2.5)
-            bar.ax.set_ylabel(f"mean over seeds; red: random init {m.random_init:.3f}", fontsize=8)
+            bar.ax.axhline(m.random_init, color="tab:red", linewidth=4)
     fig.tight_layout()
     export.save_figure(fig, path)
     return True

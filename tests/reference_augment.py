@@ -1,3 +1,7 @@
+# A frozen test oracle, not code to maintain: cl_runner/data/augment.py exactly as main held it at 0e71692, before
+# augmentations became compositions (issue #30). tests/test_augment_presets.py checks that aug=none, guo and simclr
+# still draw, seed for seed, the pixels these classes drew, so that every result in bench/results/ reproduces.
+# Never edit it to follow the package: a difference it shows is a change in what the presets draw.
 """Batched augmentation on the training device: uint8 [B, C, H, W] in, float [B, C, H, W] in [0, 1] out.
 
 Every random parameter is drawn per sample from the caller's `torch.Generator`, and each step is a few tensor

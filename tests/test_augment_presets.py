@@ -47,13 +47,13 @@ class Before:
         return self
 
     def uniforms(self, n, shape, generator, device):
-        return self.augmentation.uniforms(n, generator, device)
+        return [self.augmentation.uniforms(n, generator, device)]
 
     def params(self, uniforms, size):
-        return self.augmentation.params(uniforms, size)
+        return [self.augmentation.params(uniforms[0], size)]
 
     def apply(self, images, params, sync_free=None):
-        return self.augmentation.apply(images, params, sync_free)
+        return self.augmentation.apply(images, params[0], sync_free)
 
     def __call__(self, images, generator):
         return self.augmentation(images, generator)

@@ -71,6 +71,7 @@ class RandomNegatives:
 NEGATIVES = ("label_aware", "random")
 
 
+Uniforms = list  # a pipeline's draws for a view: one dict of tensors per operation
 Draws = dict  # one batch's draws from the training streams, by role: an augmentation's uniforms, negatives' [B]
 
 
@@ -143,33 +144,33 @@ class TupleSampler(ABC):
         """The `rows` of the batch of `ids` from its `draws`: normalized images stacked by view, the target
         (pairs) and the labels (label-aware multi-view), without a generator."""
 
-    def view_draws(self, n: int, generator: torch.Generator, view: int) -> dict[str, torch.Tensor]:
+    def view_draws(self, n: int, generator: torch.Generator, view: int) -> Uniforms:
         """The draws of n freshly augmented views, as view `view` of their tuples."""
         return self.augment.view(view).uniforms(n, tuple(self.train.images.shape[1:]), generator, generator.device)
 
-    def anchor_draws(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+    def anchor_draws(self, n: int, generator: torch.Generator) -> Uniforms | None:
         """The anchors' draws: none for clean anchors."""
         return self.view_draws(n, generator, 0) if self.augment_anchor else None
 
-    def positive_draws(self, n: int, generator: torch.Generator, view: int = 1) -> dict[str, torch.Tensor] | None:
+    def positive_draws(self, n: int, generator: torch.Generator, view: int = 1) -> Uniforms | None:
         """The positives' draws: none with fixed views."""
         return None if self.stored_views is not None else self.view_draws(n, generator, view)
 
-    def augmented(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor], rows: slice | torch.Tensor,
+    def augmented(self, anchors: torch.Tensor, uniforms: Uniforms, rows: slice | torch.Tensor,
                   view: int) -> torch.Tensor:
         """Augmented views in [0, 1] of the images `anchors[rows]`, their draws `uniforms` made for all `anchors`."""
         pipeline = self.augment.view(view)
         params = pipeline.params(uniforms, self.train.images.shape[-2:])
         return pipeline.apply(self.train.take(anchors[rows]), rows_of(params, rows), self.sync_free)
 
-    def positive_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
+    def positive_views(self, anchors: torch.Tensor, uniforms: Uniforms | None,
                        rows: slice | torch.Tensor, view: int = 1) -> torch.Tensor:
         """Augmented views in [0, 1] of the images `anchors[rows]`: the stored ones with `fixed_views`."""
         if uniforms is None:
             return to_unit(self.stored_views.index_select(0, anchors[rows]))
         return self.augmented(anchors, uniforms, rows, view)
 
-    def anchor_views(self, anchors: torch.Tensor, uniforms: dict[str, torch.Tensor] | None,
+    def anchor_views(self, anchors: torch.Tensor, uniforms: Uniforms | None,
                      rows: slice | torch.Tensor) -> torch.Tensor:
         """The anchors `anchors[rows]` in [0, 1]: clean images, or fresh augmented views with `augment_anchor`."""
         if uniforms is None:

@@ -37,9 +37,9 @@ def scaled(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return u.mul(high - low).add_(low)
 
 
-def rows_of(params: Params, rows: slice | torch.Tensor) -> Params:
-    """The parameters of the samples `rows` (a slice or an index tensor)."""
-    return {name: value[rows] for name, value in params.items()}
+def rows_of(params: list[Params], rows: slice | torch.Tensor) -> list[Params]:
+    """A pipeline's parameters (one dict per operation) of the samples `rows` (a slice or an index tensor)."""
+    return [{name: value[rows] for name, value in own.items()} for own in params]
 
 
 def per_sample(values: torch.Tensor) -> torch.Tensor:

@@ -33,41 +33,29 @@ class Pipeline:
             else:
                 self.ops[-1] = fused
 
-    def uniforms(self, n: int, shape: Shape, generator: torch.Generator, device: torch.device) -> Params:
+    def uniforms(self, n: int, shape: Shape, generator: torch.Generator, device: torch.device) -> list[Params]:
         """Every operation's draws for n images of `shape` (C, H, W), in the pipeline's order."""
-        drawn = {}
-        for index, op in enumerate(self.ops):
-            drawn.update({f"{index}.{key}": value for key, value in op.uniforms(n, shape, generator, device).items()})
-        return drawn
+        return [op.uniforms(n, shape, generator, device) for op in self.ops]
 
-    def params(self, uniforms: Params, size: tuple[int, int]) -> Params:
+    def params(self, uniforms: list[Params], size: tuple[int, int]) -> list[Params]:
         """Every operation's per-sample parameters from its draws (tensor arithmetic only)."""
-        params = {}
-        for index, op in enumerate(self.ops):
-            own = op.params(_own(uniforms, index), size)
-            params.update({f"{index}.{key}": value for key, value in own.items()})
-        return params
+        return [op.params(drawn, size) for op, drawn in zip(self.ops, uniforms)]
 
-    def apply(self, images: torch.Tensor, params: Params, sync_free: bool | None = None) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: list[Params], sync_free: bool | None = None) -> torch.Tensor:
         """uint8 images -> float views in [0, 1], with the parameters of these images. `sync_free`: no
         data-dependent shapes (default: on an accelerator), as a compiled batch builder needs."""
         if sync_free is None:
             sync_free = images.device.type != "cpu"
         x = to_unit(images)
-        for index, op in enumerate(self.ops):
-            x = op.apply(x, _own(params, index), sync_free)
+        for op, own in zip(self.ops, params):
+            x = op.apply(x, own, sync_free)
         return x
 
-    def draw(self, n: int, shape: Shape, generator: torch.Generator, device: torch.device) -> Params:
+    def draw(self, n: int, shape: Shape, generator: torch.Generator, device: torch.device) -> list[Params]:
         return self.params(self.uniforms(n, shape, generator, device), shape[-2:])
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.draw(len(images), tuple(images.shape[1:]), generator, images.device))
-
-
-def _own(params: Params, index: int) -> Params:
-    prefix = f"{index}."
-    return {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix)}
 
 
 class Augmentation:

@@ -67,7 +67,8 @@ def test_compile_auto_compiles_the_batch_builder_on_cuda_only():
 
 
 @pytest.mark.slow  # inductor compiles each builder's shape in C++: 10-20 s each on 2 cores
-@pytest.mark.parametrize("name", ["triplet-simclr-rgb", "pair-guo-gray", "multiview-simclr-rgb"])
+@pytest.mark.parametrize("name", ["triplet-simclr-rgb", "pair-guo-gray", "multiview-simclr-rgb",
+                                  "multiview-every-operation-rgb"])
 def test_the_compiled_builder_builds_the_eager_builders_batches(name):
     """Compiled, the builder runs the eager arithmetic in fused kernels whose float32 rounding may differ (fused
     multiply-adds, reordered sums): the images, in [-1, 1], agree within 1e-5 (a few float32 steps at 1, or a

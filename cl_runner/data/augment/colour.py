@@ -59,9 +59,9 @@ class RandomGrayscale(Operation):
     def apply(self, images, params, sync_free=False):
         if images.shape[1] == 1:  # one-channel images are their own grayscale
             return images
-        gray = grayscale(images).expand_as(images)
         if "applied" not in params:
-            return gray.contiguous()
+            return self.transform(images, params, sync_free)
+        gray = grayscale(images).expand_as(images)
         return torch.lerp(images, gray, per_sample(params["applied"].to(images.dtype)))  # exact at weights 0, 1
 
     def transform(self, images, params, sync_free):

@@ -113,7 +113,8 @@ def save_matrix_png(path: Path, jobs: list[Job]) -> bool:
         ax = axes[datasets.index(dataset), HEADLINE.index((protocol, name))]
         means = np.array([[np.nan if c is None else c.mean for c in row] for row in m.cells])
         shown = [v for v in [*means[~np.isnan(means)], m.random_init] if v is not None]
-        image = ax.imshow(means, cmap="viridis", vmin=min(shown), vmax=max(shown))
+        margin = 0.04 * (max(shown) - min(shown) or 1.0)  # so that a random init at an end still shows on the bar
+        image = ax.imshow(means, cmap="viridis", vmin=min(shown) - margin, vmax=max(shown) + margin)
         for i, row in enumerate(m.cells):
             for j, cell in enumerate(row):
                 if cell is None:

@@ -3,6 +3,7 @@ User mistakes end in one line on stderr and exit code 2; HYDRA_FULL_ERROR=1 show
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -39,10 +40,19 @@ GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule
 OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume if resume else fresh)
 
 
+NAME_MAX = 255  # bytes in a file name (Linux's and macOS's file systems)
+
+
 def job_folder(overrides: str, seed) -> str:
     """A sweep job's folder name: its overrides (the seed excluded) and then its seed, e.g.
-    `aug=guo,loss=triplet,seed=1`; a '/' in a value would nest folders and is written as '%2F'."""
-    return ",".join(filter(None, [str(overrides).replace("/", "%2F"), f"seed={seed}"]))
+    `aug=guo,loss=triplet,seed=1`; a '/' in a value would nest folders and is written as '%2F'. A name longer
+    than a file name may be keeps its start and the seed, and puts a hash of the whole name between them, so that
+    each job still has its own folder, found again when the sweep runs again (its overrides.yaml has them all)."""
+    name = ",".join(filter(None, [str(overrides).replace("/", "%2F"), f"seed={seed}"]))
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    tail = f"~{hashlib.sha256(name.encode()).hexdigest()[:16]},seed={seed}"
+    return name.encode()[:NAME_MAX - len(tail.encode())].decode(errors="ignore") + tail
 
 
 OmegaConf.register_new_resolver("job_folder", job_folder)

@@ -292,3 +292,27 @@ def test_every_package_of_the_source_tree_is_installed():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "cl_runner").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to pyproject.toml's packages"
+
+
+def test_a_job_folder_name_longer_than_a_file_name_may_be_is_shortened_by_a_hash_and_keeps_its_seed():
+    from cl_runner.cli import NAME_MAX, job_folder
+
+    long = ",".join(f"aug.ops.op{i}.strength=0.12{i}" for i in range(20))
+    names = [job_folder(long, 3), job_folder(long.replace("0.120", "0.125"), 3), job_folder(long, 4)]
+    assert all(len(n.encode()) <= NAME_MAX and n.startswith("aug.ops.op0.strength=0.120") for n in names[::2])
+    assert names[0].endswith(",seed=3") and names[2].endswith(",seed=4") and len(set(names)) == 3
+    assert job_folder(long, 3) == names[0]  # the same job, the same folder: a sweep run again finds it
+    assert job_folder("aug=guo", 1) == "aug=guo,seed=1"
+
+
+def test_a_sweep_whose_job_names_are_long_runs_each_job_in_its_own_folder(tmp_path, capfd):
+    many = ["aug=simclr", "aug.ops.jitter.strength=0.125", "aug.ops.blur.p=0.0,1.0", "encoder.projector=[512,128]",
+            "optimizer=adam", "optimizer.lr=0.001", "optimizer.weight_decay=0", "schedule=warmup_cosine",
+            "schedule.warmup_epochs=1", "dataset.train_subset=128", "dataset.test_subset=100", "eval.knn_k=3",
+            "eval.cosine_knn_k=20", "eval.cosine_knn_temperature=0.05", "eval.paper_test_fraction=0.25"]
+    assert len(",".join([*TINY, *many]).encode()) > 255  # as experiment=simclr_color_strength's on a CPU scale
+    code, _, err = run_main(["-m", *TINY, *many, "eval.tsne_points=0", "epochs=0", "hydra.sweep.dir=sweep"],
+                            tmp_path, capfd)
+    assert code == 0, err
+    folders = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").exists())
+    assert len(folders) == 2 and all(f.endswith(",seed=0") and "~" in f for f in folders)

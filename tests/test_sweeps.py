@@ -32,8 +32,10 @@ def scenarios(sweep: Path) -> list[dict]:
 @pytest.mark.parametrize("group", SWEPT_GROUPS)
 def test_every_option_of_the_group_runs(group, tmp_path, data_root, capfd):
     folder_free = [o for o in options(group) if (group, o) != ("dataset", "image_folder")]
-    code, _, err = run_main(["-m", f"{group}={','.join(folder_free)}", *SMOKE, "hydra.sweep.dir=sweep"], tmp_path,
-                            capfd)
+    # a pipeline per view (byol, targeted_pair) needs both views augmented: the default triplet's anchor too
+    both_views = ["pairing.augment_anchor=true"] if group == "aug" else []
+    code, _, err = run_main(["-m", f"{group}={','.join(folder_free)}", *SMOKE, *both_views, "hydra.sweep.dir=sweep"],
+                            tmp_path, capfd)
     assert code == 0, err[-3000:]
     if group == "dataset":  # a folder of one's own needs its path: the same sweep, grown by that job
         folder = image_folder(tmp_path / "images")

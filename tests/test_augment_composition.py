@@ -1,7 +1,6 @@
 """Compositions (issue #30): pipelines named in YAML, one per view, the ablation's targeted pair, overrides and
 sweeps from the command line, one-line refusals, and a user's own compositions on Hydra's search path."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from cl_runner.data.pairing import MultiViewSampler, PairSampler, TripletSampler
 from cl_runner.errors import ConfigError
 from cl_runner.randomness import TrainingStreams
 
-from conftest import TINY, preset, run_main
+from conftest import REPO, TINY, preset, run_main
 
 
 def images(channels: int = 3, n: int = 64, side: int = 16) -> torch.Tensor:
@@ -142,7 +141,7 @@ def test_the_fixed_views_of_a_pair_sampler_come_from_the_positives_pipeline():
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_operation_of_the_library_builds_from_its_yaml_and_runs(channels):
-    library = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "aug" / "ops" / "default.yaml").read_text())
+    library = yaml.safe_load((REPO / "conf" / "aug" / "ops" / "default.yaml").read_text())
     x = images(channels, n=8, side=12)
     for name in library:
         out = preset("none", f"aug.views=[[{name}]]")(x, torch.Generator().manual_seed(0))

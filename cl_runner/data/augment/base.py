@@ -8,6 +8,7 @@ draw the parameters of the whole global batch from the shared stream (cheap) and
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -79,6 +80,10 @@ def mean_luma(images: torch.Tensor) -> torch.Tensor:
     return grayscale(images.mean(dim=(2, 3), keepdim=True))
 
 
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_probability(name: str, value) -> float:
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
         raise ConfigError(f"{name}={value!r} is not allowed: {name} must be a probability in [0, 1]")
@@ -92,7 +97,8 @@ def check_range(name: str, value, low: float = float("-inf"), high: float = floa
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise ConfigError(f"{name}={value!r} is not allowed: {name} must be [min, max], two numbers")
     lo, hi = float(value[0]), float(value[1])
-    if not (lo <= hi and (lo > low if open_low else lo >= low) and hi <= high):
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and (lo > low if open_low else lo >= low)
+            and hi <= high):
         bound = f"{'(' if open_low else '['}{low:g}, {high:g}]"
         raise ConfigError(f"{name}={list(value)!r} is not allowed: {name} must be [min, max] with min <= max, "
                           f"both in {bound}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cl_runner.data.augment.base import Operation, Params, grayscale, mean_luma, per_sample, scaled
+from cl_runner.data.augment.base import Operation, Params, grayscale, is_finite_number, mean_luma, per_sample, scaled
 from cl_runner.errors import ConfigError
 
 
@@ -18,7 +18,7 @@ class ColorJitter(Operation):
                  strength: float = 1.0, p: float = 0.8):
         super().__init__(p)
         amounts = (brightness, contrast, saturation, hue, strength)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in amounts):
+        if not all(is_finite_number(v) and v >= 0 for v in amounts):
             raise ConfigError(f"brightness, contrast, saturation, hue and strength must be numbers >= 0, got "
                               f"{list(amounts)}")
         self.brightness, self.contrast, self.saturation, self.hue = (v * strength for v in amounts[:4])
@@ -74,7 +74,7 @@ class Solarize(Operation):
 
     def __init__(self, threshold: float = 0.5, p: float = 0.2):
         super().__init__(p)
-        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        if not (is_finite_number(threshold) and 0 <= threshold <= 1):
             raise ConfigError(f"threshold={threshold!r} is not allowed: threshold must be a value in [0, 1]")
         self.threshold = float(threshold)
 

@@ -117,6 +117,9 @@ class Augmentation:
         """The operation aug.ops[name], built once; its settings checked against its class's."""
         if name not in built:
             settings = self.ops[name]
+            if isinstance(settings, Operation):  # built already (by Hydra with _recursive_, or in Python)
+                built[name] = settings
+                return settings
             target = settings.get("_target_") if isinstance(settings, (Mapping, DictConfig)) else None
             try:
                 op_class = get_class(target) if isinstance(target, str) else None

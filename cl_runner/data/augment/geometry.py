@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cl_runner.data.augment.base import Operation, Params, check_range, per_sample, scaled, warp
+from cl_runner.data.augment.base import (Operation, Params, check_range, is_finite_number, per_sample, scaled,
+                                         warp)
 from cl_runner.errors import ConfigError
 
 CROP_ATTEMPTS = 10  # RandomResizedCrop's tries at a box that fits before its central fallback
@@ -132,7 +133,7 @@ class Rotation(Operation):
     def __init__(self, degrees=(-15.0, 15.0), zoom: float = 1.0, p: float = 1.0):
         super().__init__(p)
         self.degrees = check_range("degrees", degrees)
-        if not (isinstance(zoom, (int, float)) and zoom > 0):
+        if not (is_finite_number(zoom) and zoom > 0):
             raise ConfigError(f"zoom={zoom!r} is not allowed: zoom must be a number > 0")
         self.zoom = zoom
 
@@ -163,9 +164,9 @@ class PadRotateScale(Rotation):
     so the whole chain is one rotation that zooms out by crop_ratio."""
 
     def __init__(self, max_degrees: float = 15.0, crop_ratio: float = 1.125, p: float = 1.0):
-        if not (isinstance(max_degrees, (int, float)) and max_degrees >= 0):
+        if not (is_finite_number(max_degrees) and max_degrees >= 0):
             raise ConfigError(f"max_degrees={max_degrees!r} is not allowed: max_degrees must be a number >= 0")
-        if not (isinstance(crop_ratio, (int, float)) and crop_ratio > 0):
+        if not (is_finite_number(crop_ratio) and crop_ratio > 0):
             raise ConfigError(f"crop_ratio={crop_ratio!r} is not allowed: crop_ratio must be a number > 0")
         super().__init__((-max_degrees, max_degrees), zoom=crop_ratio, p=p)
 
@@ -205,9 +206,9 @@ class Cutout(Operation):
 
     def __init__(self, size: float = 0.5, fill: float = 0.0, p: float = 1.0):
         super().__init__(p)
-        if not (isinstance(size, (int, float)) and 0 < size <= 1):
+        if not (is_finite_number(size) and 0 < size <= 1):
             raise ConfigError(f"size={size!r} is not allowed: size must be a fraction of the side in (0, 1]")
-        if not (isinstance(fill, (int, float)) and 0 <= fill <= 1):
+        if not (is_finite_number(fill) and 0 <= fill <= 1):
             raise ConfigError(f"fill={fill!r} is not allowed: fill must be a value in [0, 1]")
         self.size, self.fill = float(size), float(fill)
 

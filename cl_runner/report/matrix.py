@@ -104,11 +104,11 @@ def save_matrix_png(path: Path, jobs: list[Job]) -> bool:
     if not panels:
         return False
     datasets = list(dict.fromkeys(p[2] for p in panels))
-    size = max(max(len(p[3].rows), len(p[3].columns)) for p in panels)
-    side = 1.3 + 0.95 * size
+    width = 2.6 + 0.95 * max(len(p[3].columns) for p in panels)  # a panel: its cells, the labels, the colour bar
+    height = 2.2 + 0.95 * max(len(p[3].rows) for p in panels)
     plt = export.pyplot()
-    fig, axes = plt.subplots(len(datasets), len(HEADLINE), squeeze=False, figsize=(side * 1.25 * len(HEADLINE),
-                                                                                  side * len(datasets)))
+    fig, axes = plt.subplots(len(datasets), len(HEADLINE), squeeze=False,
+                             figsize=(width * len(HEADLINE), height * len(datasets)))
     for protocol, name, dataset, m in panels:
         ax = axes[datasets.index(dataset), HEADLINE.index((protocol, name))]
         means = np.array([[np.nan if c is None else c.mean for c in row] for row in m.cells])

@@ -215,16 +215,19 @@ class Cutout(Operation):
     def own_uniforms(self, n, shape, generator, device) -> Params:
         return {"centre": torch.rand(n, 2, generator=generator, device=device)}
 
+    def side(self, height: int, width: int) -> int:
+        """The erased square's side in pixels."""
+        return max(1, round(self.size * min(height, width)))
+
     def own_params(self, uniforms, size) -> Params:
-        """The erased box's first row and column [B, 2] (before clipping) and its side."""
+        """The erased square's first row and column [B, 2], before clipping at the border."""
         height, width = size
-        side = max(1, round(self.size * min(height, width)))
         centre = torch.floor(uniforms["centre"] * torch.tensor([height, width], device=uniforms["centre"].device))
-        return {"corner": centre - side // 2}
+        return {"corner": centre - self.side(height, width) // 2}
 
     def transform(self, images, params, sync_free):
         height, width = images.shape[-2:]
-        side = max(1, round(self.size * min(height, width)))
+        side = self.side(height, width)
         rows = torch.arange(height, device=images.device, dtype=params["corner"].dtype)
         cols = torch.arange(width, device=images.device, dtype=params["corner"].dtype)
         top, left = params["corner"][:, :1], params["corner"][:, 1:]

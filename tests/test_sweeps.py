@@ -81,13 +81,17 @@ def test_an_experiment_s_own_values_win_over_the_defaults(experiment):
     assert leaves(own) and leaves(own).items() <= leaves(composed).items()
 
 
+FULL_GRIDS = ("paper_grid",)  # run whole: the study's 12 scenarios are checked below
+
+
 def smaller_grid(experiment: str, most: int = 4) -> list[str]:
     """Command-line values that shrink an experiment's grid of more than `most` jobs (the augmentation matrix's
     49, colour strength's 8) to 2: the first key's first two values, the first value of every other key (they
-    replace the sweeper's)."""
+    replace the sweeper's). The grids of FULL_GRIDS stay whole; a search's space is not a grid."""
     params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").get("hydra", {}).get("sweeper", {})
     levels = {key: str(value).split(",") for key, value in (params.get("params") or {}).items()}
-    if math.prod(len(v) for v in levels.values()) <= most:
+    searched = any("(" in str(value) for value in levels.values())  # a search's space (interval, tag): no grid
+    if experiment in FULL_GRIDS or searched or math.prod(len(v) for v in levels.values()) <= most:
         return []
     return [f"{key}={','.join(values[:2] if i == 0 else values[:1])}" for i, (key, values) in enumerate(levels.items())]
 

@@ -71,6 +71,7 @@ RULES: list[Rule] = [
     ("dataset.train_subset", lambda v: v is None or (is_int(v) and v >= 2), "null or an integer >= 2"),
     ("dataset.test_subset", lambda v: v is None or (is_int(v) and v >= 20), "null or an integer >= 20"),
     ("dataset.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("dataset.train_fraction", lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("eval.features", lambda v: is_choice(v, ("backbone", "projector")), "backbone or projector"),
     ("eval.protocols", lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(PROTOCOLS),
      f"a non-empty list drawn from {list(PROTOCOLS)}"),

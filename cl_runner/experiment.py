@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cl_runner import atomic, distributed, evaluate, export, run_folder
 from cl_runner.checkpoint import CHECKPOINT_FILE, LoopPosition, TrainingRecord
 from cl_runner.config import check_data, check_labels_needed
-from cl_runner.data.datasets import ImageSet, Splits, hold_out
+from cl_runner.data.datasets import ImageSet, Splits, hold_out, keep_fraction
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.interruption import Interrupted, SignalStop
@@ -178,6 +178,7 @@ def load_data(cfg: DictConfig, device: torch.device, overrides: list[str]) -> Sp
     if not dataset.labelled:  # before any image is decoded
         check_labels_needed(cfg, dataset.name)
     data = hold_out(dataset.load(), dataset.val_fraction, stream_seed(cfg.seed, "validation"))
+    data = keep_fraction(data, dataset.train_fraction, stream_seed(cfg.seed, "train_fraction"))
     train, test = placed(data.train, device), placed(data.test, device)
     data = Splits(train, test, train if data.probe is data.train else placed(data.probe, device),
                   None if data.val is None else placed(data.val, device))

@@ -98,12 +98,15 @@ class Splits:
 class DataSet(ABC):
     """A data set as a config group option instantiates it (`_target_` in conf/dataset/NAME.yaml): `load()`
     returns its splits, `train_subset` / `test_subset` keep only their first images, `val_fraction` is the share
-    of the training images that `hold_out` sets aside; `labelled` is known before any image is read."""
+    of the training images that `hold_out` sets aside, `train_fraction` the share of the rest that `keep_fraction`
+    trains on; `labelled` is known before any image is read."""
 
     name = "data set"
 
-    def __init__(self, train_subset: int | None = None, test_subset: int | None = None, val_fraction: float = 0.0):
+    def __init__(self, train_subset: int | None = None, test_subset: int | None = None, val_fraction: float = 0.0,
+                 train_fraction: float = 1.0):
         self.train_subset, self.test_subset, self.val_fraction = train_subset, test_subset, val_fraction
+        self.train_fraction = train_fraction
 
     @property
     def labelled(self) -> bool:
@@ -123,6 +126,23 @@ class DataSet(ABC):
         return images.head(size)
 
 
+def stratified_draw(labels: torch.Tensor | None, size: int, fraction: float, seed: int) -> torch.Tensor:
+    """The sorted indices of round(fraction x count) images of every class (of all `size` images when `labels` is
+    None), each class's drawn uniformly by `seed`."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    labels = labels.cpu() if labels is not None else torch.zeros(size, dtype=torch.long)
+    order = order[torch.argsort(labels[order], stable=True)]  # by class, each class in the seed's random order
+    counts = torch.bincount(labels)
+    starts, taken = torch.cumsum(counts, 0) - counts, torch.round(counts * fraction).long()
+    return torch.cat([order[start:start + n] for start, n in zip(starts.tolist(), taken.tolist())]).sort().values
+
+
+def _rows(images: ImageSet, indices: torch.Tensor) -> ImageSet:
+    indices = indices.to(images.images.device)
+    return ImageSet(images.images[indices], None if images.labels is None else images.labels[indices],
+                    images.classes)
+
+
 def hold_out(data: Splits, fraction: float, seed: int) -> Splits:
     """`data` with `fraction` of its training images set aside as `val`: per class (stratified; the whole set when
     unlabelled) round(fraction x the class's count) images drawn by `seed`, the rest kept in their order as the
@@ -131,27 +151,35 @@ def hold_out(data: Splits, fraction: float, seed: int) -> Splits:
     if not fraction:
         return data
     train = data.train
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    labels = train.labels.cpu() if train.labelled else torch.zeros(len(train), dtype=torch.long)
-    order = order[torch.argsort(labels[order], stable=True)]  # by class, each class in the seed's random order
-    counts = torch.bincount(labels)
-    starts, taken = torch.cumsum(counts, 0) - counts, torch.round(counts * fraction).long()
-    if taken.sum() == 0:
+    held = stratified_draw(train.labels, len(train), fraction, seed)
+    if len(held) == 0:
         raise UserError(f"dataset.val_fraction={fraction} holds out no image of the {len(train)} training images: "
                         "choose a larger fraction")
-    if (taken[counts > 0] == counts[counts > 0]).any():
-        raise UserError(f"dataset.val_fraction={fraction} leaves a class without training images: choose a smaller "
-                        "fraction")
-    held = torch.cat([order[start:start + n] for start, n in zip(starts.tolist(), taken.tolist())]).sort().values
     kept = torch.ones(len(train), dtype=torch.bool)
     kept[held] = False
+    if train.labelled and not torch.isin(train.labels.cpu().unique(), train.labels.cpu()[kept]).all():
+        raise UserError(f"dataset.val_fraction={fraction} leaves a class without training images: choose a smaller "
+                        "fraction")
+    rest = _rows(train, torch.nonzero(kept).squeeze(1))
+    return Splits(rest, data.test, rest if data.probe is data.train else data.probe, _rows(train, held))
 
-    def part(indices: torch.Tensor) -> ImageSet:
-        indices = indices.to(train.images.device)
-        return ImageSet(train.images[indices], None if train.labels is None else train.labels[indices], train.classes)
 
-    rest = part(torch.nonzero(kept).squeeze(1))
-    return Splits(rest, data.test, rest if data.probe is data.train else data.probe, part(held))
+def keep_fraction(data: Splits, fraction: float, seed: int) -> Splits:
+    """`data` with only `fraction` of its training images (after `hold_out`), for experiments on the size of the
+    data set (i-Mix's, Lee et al. 2021): per class (stratified) round(fraction x the class's count) images drawn
+    by `seed`, kept in their order; the probe trains on them too where it is the training set. The
+    validation and test images are not touched. With fraction 1, `data` itself."""
+    if fraction == 1:
+        return data
+    train = data.train
+    kept = _rows(train, stratified_draw(train.labels, len(train), fraction, seed))
+    if train.labelled and len(kept.labels.unique()) < len(train.labels.unique()):
+        raise UserError(f"dataset.train_fraction={fraction} keeps no image of some class of the {len(train)} "
+                        "training images: choose a larger fraction")
+    if len(kept) < 2:
+        raise UserError(f"dataset.train_fraction={fraction} keeps {len(kept)} of the {len(train)} training images: "
+                        "choose a larger fraction")
+    return Splits(kept, data.test, kept if data.probe is data.train else data.probe, data.val)
 
 
 class SplitReader(DataSet):

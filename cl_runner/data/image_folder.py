@@ -18,7 +18,7 @@ class ImageFolder(DataSet):
     """The user's folder of images (see the module's docstring for the layouts); `eval_path`: a labelled folder
     whose images give the probes of an unlabelled one. `channels` (1 or 3; None: what most images have) and
     `image_size` (None: the images' own common square size) say what every image is converted to; `subsets`:
-    `DataSet`'s train_subset, test_subset and val_fraction."""
+    `DataSet`'s train_subset, test_subset, val_fraction and train_fraction."""
 
     def __init__(self, path: str, eval_path: str | None = None, labels: bool | None = None,
                  test_fraction: float = 0.2, channels: int | None = None, image_size: int | None = None,

@@ -41,7 +41,8 @@ FP32 = Compute(CPU, "fp32", channels_last=False)
 
 def make_loss(name: str) -> nn.Module:
     cfg = OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml").loss
-    overrides = {"moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16}}
+    overrides = {"moco": {"queue_size": 64}, "imix_moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16},
+                 "imix_byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16}}
     return instantiate(cfg, **overrides.get(name, {}))
 
 
@@ -135,7 +136,7 @@ def two_ranks(tmp_path_factory) -> dict:
 
 
 def test_every_loss_config_is_covered():
-    assert len(LOSSES) == 13
+    assert len(LOSSES) == 15
 
 
 @pytest.mark.slow

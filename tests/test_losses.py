@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_runner.batch import BatchShare, TupleBatch
-from cl_runner.losses import (BarlowTwinsLoss, ContrastiveLoss, CosineEmbeddingLoss, DebiasedNTXentLoss, IMixLoss,
-                               NPairLoss, NTXentLoss, SupConLoss, TripletMarginLoss, VICRegLoss)
+from cl_runner.losses import (BarlowTwinsLoss, ContrastiveLoss, CosineEmbeddingLoss, DebiasedNTXentLoss, NPairLoss,
+                               NTXentLoss, SupConLoss, TripletMarginLoss, VICRegLoss)
 from conftest import loss_before_and_after_sgd
 
 
@@ -229,58 +229,6 @@ def test_two_view_losses_decrease_under_sgd(loss_fn):
     g = torch.Generator().manual_seed(6)
     z = torch.randn(2, 32, 8, generator=g, requires_grad=True)
     first, last = loss_before_and_after_sgd(lambda: loss_fn(z), [z], lr=0.05)
-    assert last < first
-
-
-def test_imix_hand_computed():
-    # two orthogonal tuples, T = 1: each row's softmax puts e / (e + 1) on the matching second view
-    z = torch.eye(2).expand(2, 2, 2)
-    swap = torch.tensor([1, 0])
-    loss = IMixLoss(temperature=1.0)
-    assert loss(z, 1.0, swap).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)  # unmixed: N-pair
-    # mixed half and half: the soft target puts 1/2 on both columns
-    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2
-    assert loss(z, 0.5, swap).item() == pytest.approx(expected, abs=1e-6)
-
-
-def imix_reference(z_mixed, z_second, mix, permutation, temperature):
-    """i-Mix with the N-pair loss written as the authors' example does it: two hard cross-entropies weighted by
-    the mixing coefficient."""
-    logits = F.normalize(z_mixed, dim=1) @ F.normalize(z_second, dim=1).T / temperature
-    own = torch.arange(len(logits))
-    return mix * F.cross_entropy(logits, own) + (1 - mix) * F.cross_entropy(logits, permutation)
-
-
-def test_imix_equals_the_reference_and_mixes_the_first_views_in_input_space():
-    g = torch.Generator().manual_seed(7)
-    z = torch.randn(2, 16, 8, generator=g)
-    permutation = torch.randperm(16, generator=g)
-    ours = IMixLoss(temperature=0.2)(z, 0.3, permutation)
-    assert ours.item() == pytest.approx(imix_reference(z[0], z[1], 0.3, permutation, 0.2).item(), rel=1e-5)
-
-    images = torch.rand(2 * 4, 1, 3, 3, generator=g)  # two views of 4 tuples, view-major
-    batch = TupleBatch(images, views=2)
-    seen = {}
-
-    def encode(module, x):
-        seen["images"] = x
-        return module(x).view(2, -1, 9)
-
-    torch.manual_seed(0)
-    IMixLoss().training_loss(nn.Flatten(), batch, BatchShare.split(4), encode)
-    torch.manual_seed(0)
-    mix, permutation = float(torch.distributions.Beta(1.0, 1.0).sample()), torch.randperm(4)
-    first, second = images[:4], images[4:]
-    assert torch.allclose(seen["images"][:4], mix * first + (1 - mix) * first[permutation], atol=1e-6)
-    assert torch.equal(seen["images"][4:], second)
-
-
-def test_imix_decreases_under_sgd():
-    g = torch.Generator().manual_seed(8)
-    z = torch.randn(2, 32, 8, generator=g, requires_grad=True)
-    permutation = torch.randperm(32, generator=g)
-    loss_fn = IMixLoss()
-    first, last = loss_before_and_after_sgd(lambda: loss_fn(z, 0.7, permutation), [z], lr=0.05)
     assert last < first
 
 

@@ -1,11 +1,12 @@
 """Every loss behind one contract (base.py), one module per family; configs name them as cl_runner.losses.X."""
 from cl_runner.losses.base import Loss
-from cl_runner.losses.infonce import DebiasedNTXentLoss, IMixLoss, NPairLoss, NTXentLoss, SupConLoss
+from cl_runner.losses.imix import IMixBYOLLoss, IMixLoss, IMixMoCoLoss
+from cl_runner.losses.infonce import DebiasedNTXentLoss, NPairLoss, NTXentLoss, SupConLoss
 from cl_runner.losses.momentum import BYOLLoss, MoCoLoss
 from cl_runner.losses.pairwise import ContrastiveLoss, CosineEmbeddingLoss, TripletMarginLoss
 from cl_runner.losses.redundancy import BarlowTwinsLoss, VICRegLoss
 from cl_runner.losses.siamese import SimSiamLoss
 
 __all__ = ["Loss", "BarlowTwinsLoss", "BYOLLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "DebiasedNTXentLoss",
-           "IMixLoss", "MoCoLoss", "NPairLoss", "NTXentLoss", "SimSiamLoss", "SupConLoss", "TripletMarginLoss",
-           "VICRegLoss"]
+           "IMixBYOLLoss", "IMixLoss", "IMixMoCoLoss", "MoCoLoss", "NPairLoss", "NTXentLoss", "SimSiamLoss",
+           "SupConLoss", "TripletMarginLoss", "VICRegLoss"]

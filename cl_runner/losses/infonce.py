@@ -1,4 +1,5 @@
-"""Cross-entropy losses over in-batch similarities (InfoNCE family): NT-Xent, SupCon, debiased, N-pair, i-Mix."""
+"""Cross-entropy losses over in-batch similarities (InfoNCE family): NT-Xent, SupCon, debiased, N-pair (i-Mix:
+imix.py)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,6 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from cl_runner import distributed
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
@@ -154,39 +154,3 @@ class NPairLoss(Loss):
         classes = torch.arange(len(anchors), device=z.device)
         regularizer = (anchors.square().sum(1) + positives.square().sum(1)).mean() / 2
         return F.cross_entropy(logits, classes) + self.l2_reg * regularizer
-
-
-class IMixLoss(Loss):
-    """i-Mix (Lee et al. 2021, Algorithm 1), N-pair form: each step draws lambda ~ Beta(alpha, alpha) and a
-    permutation pi of the batch, mixes the first views in input space, x_i = lambda x_i + (1 - lambda) x_pi(i),
-    and trains the similarities of the mixed views to the (unmixed) second views, s_ij = a_i . p_j / T on
-    l2-normalized embeddings, with the mixed virtual labels lambda e_i + (1 - lambda) e_pi(i) as soft targets of
-    a cross-entropy. In a distributed run the permutation and the mixing partners range over the global batch."""
-
-    pairings = ("multiview",)
-    two_views = True
-    in_batch = True
-
-    def __init__(self, temperature: float = 0.2, alpha: float = 1.0):
-        super().__init__()
-        if temperature <= 0 or alpha <= 0:
-            raise ConfigError(f"loss needs temperature > 0 and alpha > 0, got {temperature}, {alpha}")
-        self.temperature = temperature
-        self.beta = torch.distributions.Beta(alpha, alpha)
-
-    def training_loss(self, encoder, batch, share, encode):
-        first, second = batch.images.unflatten(0, (2, -1))  # each: tuples x C x H x W
-        mix = float(self.beta.sample())  # drawn on the CPU: no device sync
-        everyones_first = distributed.gather_constant(first, sizes=share.sizes)  # the global batch's first views
-        permutation = torch.randperm(len(everyones_first), device=first.device)
-        partners = everyones_first[permutation[share.rows]]
-        mixed = torch.lerp(partners, first, mix)  # mix * first + (1 - mix) * first[permutation]
-        z = distributed.gather(encode(encoder, torch.cat([mixed, second])), dim=1, sizes=share.sizes)
-        return self(z, mix, permutation)
-
-    def forward(self, z: torch.Tensor, mix: float, permutation: torch.Tensor) -> torch.Tensor:
-        """z: [2, tuples, dim], the mixed first views' and the second views' embeddings."""
-        anchors, positives = F.normalize(z[0], dim=1), F.normalize(z[1], dim=1)
-        logits = anchors @ positives.T / self.temperature  # tuples x tuples
-        virtual = torch.eye(len(anchors), device=z.device)
-        return F.cross_entropy(logits, torch.lerp(virtual[permutation], virtual, mix))

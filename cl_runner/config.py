@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cl_runner import evaluate
-from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.data.datasets import CIFAR100_LABEL_KIND_CHOICES, CIFAR100_LABEL_KINDS, ImageSet, Splits
 from cl_runner.data.augment import Augmentation
 from cl_runner.errors import UserError, first_line
 from cl_runner.evaluate import PROTOCOLS
@@ -98,6 +98,8 @@ OPTION_RULES: list[Rule] = [
     ("dataset.path", lambda v: isinstance(v, str) and v != "", "the path of a folder of images"),
     ("dataset.eval_path", lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder's path"),
     ("dataset.labels", lambda v: v is None or isinstance(v, bool), "null (from the layout), true or false"),
+    # CIFAR-100's (the key is not `labels`, which image_folder's rule above holds to null, true or false)
+    ("dataset.label_kind", lambda v: is_choice(v, CIFAR100_LABEL_KINDS), CIFAR100_LABEL_KIND_CHOICES),
     ("dataset.test_fraction", lambda v: is_number(v) and 0 < v < 1, "a number between 0 and 1"),
     ("dataset.channels", lambda v: v is None or (is_int(v) and v in (1, 3)), "null (what most images have), 1 or 3"),
     ("dataset.image_size", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),

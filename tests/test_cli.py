@@ -108,7 +108,8 @@ def test_the_installed_console_script_runs_from_any_folder(tmp_path):
     import subprocess
 
     result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "dataset: cifar10, digits, image_folder, mnist, mnist_sample" in result.stdout
+    assert result.returncode == 0
+    assert "dataset: cifar10, cifar100, digits, image_folder, mnist, mnist_sample" in result.stdout
 
 
 @pytest.mark.slow
@@ -180,7 +181,7 @@ def test_cl_report_rebuilds_the_report_of_a_sweep_folder(tmp_path, two_job_sweep
 LOSSES = ", ".join(sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
 BAD_INPUTS = [
     (["loss=bogus"], f"Could not find 'loss/bogus'; choose one of: {LOSSES}"),
-    (["dataset=imagenet"], "choose one of: cifar10, digits, image_folder, mnist, mnist_sample"),
+    (["dataset=imagenet"], "choose one of: cifar10, cifar100, digits, image_folder, mnist, mnist_sample"),
     (["epochs_typo=3"], "Could not override 'epochs_typo': Key 'epochs_typo' is not in struct"),
     (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
     (["epochs=abc"], "epochs='abc' is not allowed: epochs must be an integer >= 0"),

@@ -6,14 +6,16 @@ import gzip
 import hashlib
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cl_runner.errors import UserError
+from cl_runner.errors import ConfigError, UserError
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -23,8 +25,14 @@ CIFAR10_FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
 }
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_FILES = {"train": "train", "test": "test", "meta": "meta"}
+# CIFAR-100's label kinds: the key of the labels in its train/test files and of the class names in its meta file
+CIFAR100_LABEL_KINDS = {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")}
+CIFAR100_LABEL_KIND_CHOICES = "fine (its 100 classes) or coarse (its 20 superclasses)"
 # MD5 sums of intact files: the official distribution's, and for CIFAR-10 also those of the offline copy in
-# ../shared/data (same pixels and labels, pickled without `filenames`; see its README).
+# ../shared/data (same pixels and labels, pickled without `filenames`; see its README). A generic file name is
+# keyed with its folder (cifar-100-python/train), so that it names one data set's file only.
 KNOWN_MD5 = {
     "train-images-idx3-ubyte": {"6bbc9ace898e44ae57da46a324031adb"},
     "train-labels-idx1-ubyte": {"a25bea736e30d166cdddb491f175f624"},
@@ -36,6 +44,9 @@ KNOWN_MD5 = {
     "data_batch_4": {"634d18415352ddfa80567beed471001a", "3c7c2ec87d3f6edc1b50c6e6a05abea3"},
     "data_batch_5": {"482c414d41f54cd18b22e5b47cb7c3cb", "c4b90936d1fbca583bd66dbab1de1df3"},
     "test_batch": {"40351d587109b95175f43aff81a1287e", "8fb64598be51e09880de37da69388ac6"},
+    "cifar-100-python/train": {"16019d7e3df5f24257cddd939b257f8d"},
+    "cifar-100-python/test": {"f0ef6b0ae62326f3e7ffdfab6717acfc"},
+    "cifar-100-python/meta": {"7973b15100ade9c7d40fb424638fde48"},
 }
 MNIST_CLASSES = [str(d) for d in range(10)]
 # The embedded default: the first images of MNIST's splits, shipped in the package (scripts/make_mnist_sample.py)
@@ -239,6 +250,23 @@ class CIFAR10(DownloadedDataSet):
         return read_cifar10(self.root, split, self.verify)
 
 
+class CIFAR100(DownloadedDataSet):
+    """CIFAR-100 from the python pickles under ROOT/cifar-100-python, labelled by `label_kind`: `fine` (its 100
+    classes) or `coarse` (its 20 superclasses), with the class names of its meta file."""
+
+    name = "cifar100"
+
+    def __init__(self, root: str, verify: bool = True, label_kind: str = "fine", **subsets):
+        if label_kind not in CIFAR100_LABEL_KINDS:
+            raise ConfigError(f"dataset.label_kind={label_kind!r} is not allowed: dataset.label_kind must be "
+                              f"{CIFAR100_LABEL_KIND_CHOICES}")
+        super().__init__(root, verify, **subsets)
+        self.label_kind = label_kind
+
+    def read(self, split: str) -> ImageSet:
+        return read_cifar100(self.root, split, self.label_kind, self.verify)
+
+
 def read_mnist_sample(split: str) -> ImageSet:
     """The MNIST sample inside the package: the first 10,000 training and 2,000 test images of MNIST."""
     try:
@@ -289,8 +317,8 @@ def read_idx(path: Path, expected_dims: int, verify: bool = False) -> np.ndarray
 
 def verify_md5(path: Path, content: bytes | None = None) -> None:
     """Refuse a file (or its `content`, read already) whose MD5 matches no known intact version of it (files we
-    know nothing of pass)."""
-    known = KNOWN_MD5.get(path.name)
+    know nothing of pass; a file is looked up as FOLDER/NAME first, then as NAME)."""
+    known = KNOWN_MD5.get(f"{path.parent.name}/{path.name}") or KNOWN_MD5.get(path.name)
     if not known:
         return
     digest = hashlib.md5()
@@ -324,9 +352,10 @@ class RefusedObject(pickle.UnpicklingError):
 
 
 class ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickles what CIFAR-10's batches hold (dicts, lists, strings, bytes, numbers and numpy arrays) and refuses
-    every other class or function, so that a hostile file cannot run code: only numpy's array reconstruction
-    (an array from its bytes) and the string-to-bytes encoding of protocol 2 pickles are looked up."""
+    """Unpickles what CIFAR-10's batches and CIFAR-100's files hold (dicts, lists, strings, bytes, numbers and
+    numpy arrays) and refuses every other class or function, so that a hostile file cannot run code: only numpy's
+    array reconstruction (an array from its bytes) and the string-to-bytes encoding of protocol 2 pickles are
+    looked up."""
 
     ADMITTED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # protocol 2's bytes
@@ -344,32 +373,64 @@ def read_cifar10(root: Path, split: str, verify: bool = False) -> ImageSet:
     paths = [folder / f for f in CIFAR10_FILES[split]]
     if not all(p.exists() for p in paths):
         _download("cifar10", root, [folder / f for files in CIFAR10_FILES.values() for f in files])
-    images, labels = [], []
-    for path in paths:
-        if verify:
-            verify_md5(path)
-        try:
-            with path.open("rb") as fh:
-                batch = ArraysOnlyUnpickler(fh, encoding="latin1").load()
-            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
-        except RefusedObject as err:
-            raise UserError(f"{path} is not a CIFAR-10 batch: {err}; refused, and nothing in it was run") from err
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise UserError(f"{path} is not a readable CIFAR-10 batch (truncated or corrupt: {err})") from err
-        if len(data) != len(batch_labels):
-            raise UserError(f"{path} holds {len(data)} images but {len(batch_labels)} labels")
-        images.append(data)
-        labels.append(batch_labels)
-    return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
-                    CIFAR10_CLASSES)
+    batches = [read_cifar_batch(path, "CIFAR-10 batch", "labels", verify) for path in paths]
+    return ImageSet(torch.from_numpy(np.concatenate([images for images, _ in batches])),
+                    torch.from_numpy(np.concatenate([labels for _, labels in batches])), CIFAR10_CLASSES)
+
+
+def read_cifar100(root: Path, split: str, label_kind: str = "fine", verify: bool = False) -> ImageSet:
+    """CIFAR-100 from the python pickles in ROOT/cifar-100-python (`split`'s file and `meta`), downloaded there when
+    absent: the `label_kind` labels (fine: 100 classes, coarse: 20 superclasses) and that kind's class names."""
+    folder = root / CIFAR100_FOLDER
+    path, meta = folder / CIFAR100_FILES[split], folder / CIFAR100_FILES["meta"]
+    if not (path.exists() and meta.exists()):
+        _download("cifar100", root, [folder / f for f in CIFAR100_FILES.values()])
+    label_key, names_key = CIFAR100_LABEL_KINDS[label_kind]
+    classes = unpickle(meta, "CIFAR-100 meta file", lambda content: [str(n) for n in content[names_key]], verify)
+    images, labels = read_cifar_batch(path, "CIFAR-100 file", label_key, verify)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise UserError(f"{path} has {label_kind} labels outside 0-{len(classes) - 1}, the {len(classes)} classes of "
+                        f"{meta} (mismatched or corrupt files)")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
+
+
+T = TypeVar("T")
+
+
+def unpickle(path: Path, what: str, extract: Callable[[object], T], verify: bool = False) -> T:
+    """`extract` applied to the python pickle at `path` (CIFAR's format; `what` it is, for the messages), read by
+    `ArraysOnlyUnpickler` after the MD5 check with `verify`: a refused class, a truncated or corrupt pickle, or
+    content that `extract` cannot use (a key missing, a wrong type or shape) is a one-line UserError."""
+    if verify:
+        verify_md5(path)
+    try:
+        with path.open("rb") as fh:
+            content = ArraysOnlyUnpickler(fh, encoding="latin1").load()
+        return extract(content)
+    except RefusedObject as err:
+        raise UserError(f"{path} is not a {what}: {err}; refused, and nothing in it was run") from err
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a readable {what} (truncated or corrupt: {err})") from err
+
+
+def read_cifar_batch(path: Path, what: str, label_key: str, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle of images (`data`: uint8 rows of 3072, channel-major 32x32 planes) and their labels
+    (`label_key`): uint8 [N, 3, 32, 32] and int64 [N], as many of each (see `unpickle` for the checks)."""
+    def arrays(batch) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+                np.asarray(batch[label_key], dtype=np.int64))
+
+    images, labels = unpickle(path, what, arrays, verify)
+    if len(images) != len(labels):
+        raise UserError(f"{path} holds {len(images)} images but {len(labels)} labels")
+    return images, labels
 
 
 def _download(name: str, root: Path, needed: list[Path]) -> None:
     """Fetch a data set with torchvision's downloader (it verifies the archive's MD5)."""
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
+    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     try:
         root.mkdir(parents=True, exist_ok=True)
         cls(str(root), train=True, download=True)

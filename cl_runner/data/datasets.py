@@ -368,7 +368,8 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
 def read_cifar10(root: Path, split: str, verify: bool = False) -> ImageSet:
     """CIFAR-10 from the python pickle batches in ROOT/cifar-10-batches-py, downloaded there when absent.
-    Each batch's MD5 is not checked (see ../shared/data/README.md: equal pixels, other pickle bytes)."""
+    `verify` checks each batch's MD5 against the official file's and the offline copy's (../shared/data/README.md:
+    equal pixels, other pickle bytes)."""
     folder = root / "cifar-10-batches-py"
     paths = [folder / f for f in CIFAR10_FILES[split]]
     if not all(p.exists() for p in paths):

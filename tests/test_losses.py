@@ -91,6 +91,21 @@ def test_ntxent_equals_simclrs_pseudocode_and_is_symmetric_in_its_views():
     assert loss(z).item() == pytest.approx(loss(z.flip(0)).item(), rel=1e-6)
 
 
+def test_ntxent_with_dot_similarity_is_the_pseudocode_without_l2_normalization():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    flat, n = torch.cat([z[0], z[1]]), 5
+    expected = sum(-torch.log(torch.exp(flat[i] @ flat[(i + n) % (2 * n)] / 0.7)
+                              / sum(torch.exp(flat[i] @ flat[k] / 0.7) for k in range(2 * n) if k != i))
+                   for i in range(2 * n)) / (2 * n)
+    assert NTXentLoss(temperature=0.7, similarity="dot")(z).item() == pytest.approx(expected.item(), rel=1e-9)
+    scaled = NTXentLoss(temperature=0.7, similarity="dot")(3 * z).item()
+    assert scaled != pytest.approx(expected.item(), rel=1e-3)  # the norms count, as they do not under cosine
+    assert NTXentLoss(temperature=0.7)(3 * z).item() == pytest.approx(NTXentLoss(temperature=0.7)(z).item())
+    with pytest.raises(ValueError, match="loss.similarity must be cosine or dot, got 'l1'"):
+        NTXentLoss(similarity="l1")
+
+
 def test_ntxent_with_labels_leaves_same_class_images_out_of_the_negatives():
     z = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]])
     labels = torch.tensor([0, 1, 0])

@@ -12,13 +12,17 @@ from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
 
 
+SIMILARITIES = ("cosine", "dot")
+
+
 def multi_positive_contrastive(z: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                               temperature: float) -> torch.Tensor:
+                               temperature: float, normalize: bool = True) -> torch.Tensor:
     """The loss shared by NT-Xent and SupCon (Khosla et al. 2020, eq. 2, L_out): for each of the N = views x
-    tuples embeddings i (l2-normalized), the mean over its positives p of
+    tuples embeddings i (l2-normalized, unless `normalize` is false: dot products), the mean over its positives p of
     -log(exp(z_i . z_p / T) / sum over a in positives(i) + negatives(i) of exp(z_i . z_a / T)), averaged over i.
     `positives` and `negatives` are boolean [N, N] masks (never the diagonal)."""
-    flat = F.normalize(z.reshape(-1, z.shape[-1]), dim=1)  # N x dim, views stacked: index = view * tuples + t
+    flat = z.reshape(-1, z.shape[-1])  # N x dim, views stacked: index = view * tuples + t
+    flat = F.normalize(flat, dim=1) if normalize else flat
     logits = flat @ flat.T / temperature  # N x N
     logits = logits.masked_fill(~(positives | negatives), float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
@@ -39,11 +43,13 @@ class _InBatchContrastive(Loss, ABC):
     pairings = ("multiview",)
     in_batch = True
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float, similarity: str = "cosine"):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        if similarity not in SIMILARITIES:
+            raise ConfigError(f"loss.similarity must be cosine or dot, got {similarity!r}")
+        self.temperature, self.normalize = temperature, similarity == "cosine"
 
     @abstractmethod
     def masks(self, views: int, tuples: int, labels: torch.Tensor | None,
@@ -53,17 +59,18 @@ class _InBatchContrastive(Loss, ABC):
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         positives, negatives = self.masks(z.shape[0], z.shape[1], labels, z.device)
-        return multi_positive_contrastive(z, positives, negatives, self.temperature)
+        return multi_positive_contrastive(z, positives, negatives, self.temperature, self.normalize)
 
 
 class NTXentLoss(_InBatchContrastive):
     """NT-Xent, the normalized temperature-scaled cross entropy of SimCLR (Chen et al. 2020, eq. 1): each view's
     positives are the other views of its image, every other embedding of the batch a negative. With class
     labels (negatives=label_aware), same-class images are left out of the negatives (false-negative
-    elimination, Huynh et al. 2022)."""
+    elimination, Huynh et al. 2022). `similarity`: cosine (l2-normalized embeddings, SimCLR's choice) or dot (the
+    raw dot product, "without l2 normalization" in SimCLR's Table 5)."""
 
-    def __init__(self, temperature: float = 0.5):
-        super().__init__(temperature)
+    def __init__(self, temperature: float = 0.5, similarity: str = "cosine"):
+        super().__init__(temperature, similarity)
         self.instance_masks = {}  # (views, tuples, device) -> masks without labels: the same at every step
 
     def masks(self, views, tuples, labels, device):

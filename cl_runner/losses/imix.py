@@ -50,8 +50,8 @@ class VirtualMix:
         return Mixing(float(self.beta.sample()), torch.randperm(tuples, device=device))
 
     def mix(self, images: torch.Tensor, share: BatchShare, mixed_views: slice) -> tuple[torch.Tensor, Mixing]:
-        """This step's draw and the batch's two views [2, tuples, C, H, W] (this process's rows), those of
-        `mixed_views` mixed with their partners' same views."""
+        """The batch's two views [2, tuples, C, H, W] (this process's rows), those of `mixed_views` mixed with
+        their partners' same views, and this step's draw."""
         views = images.unflatten(0, (2, -1))
         mixing = self.draw(sum(share.sizes), images.device)
         if mixing.permutation is not None:
@@ -68,7 +68,7 @@ def partners(x: torch.Tensor, mixing: Mixing, share: BatchShare) -> torch.Tensor
 
 
 class IMixLoss(Loss):
-    """i-Mix on the N-pair loss (Lee et al. 2021, eq. 3 and Algorithm 1): the first views are mixed, and the
+    """i-Mix on the N-pair loss (Lee et al. 2021, Algorithm 1): the first views are mixed, and the
     similarities s_ij = a_i . p_j / T of the (mixed) first views' l2-normalized embeddings to the unmixed second
     views' are trained with the mixed virtual labels as soft targets of a cross-entropy. Unmixed (alpha = 0)
     it is the N-pair loss of the i-Mix paper, -log(exp(s_ii) / sum_j exp(s_ij)): NT-Xent's one-directional
@@ -100,7 +100,7 @@ class IMixLoss(Loss):
 
 
 class IMixMoCoLoss(MoCoLoss):
-    """i-Mix on MoCo v2 (Lee et al. 2021, section 3.2): each view is mixed and, as the query, scored against the
+    """i-Mix on MoCo v2 (Lee et al. 2021; the slides' l_MoCo^i-Mix): each view is mixed and, as the query, scored against the
     momentum encoder's keys of the other (unmixed) view of every tuple in the global batch and the queue,
     [q . k_1 ... q . k_N, q . queue] / T, with the mixed virtual label over the N in-batch keys as the soft target
     (the queue's columns get none); symmetrized over the two views as `MoCoLoss`. Unmixed (alpha = 0) it is
@@ -133,7 +133,7 @@ class IMixMoCoLoss(MoCoLoss):
 
 
 class IMixBYOLLoss(BYOLLoss):
-    """i-Mix on BYOL (Lee et al. 2021, section 3.2): each view is mixed, and its prediction regresses the
+    """i-Mix on BYOL (Lee et al. 2021; the slides' l_BYOL^i-Mix): each view is mixed, and its prediction regresses the
     lambda-weighted pair of the momentum encoder's targets of the other (unmixed) view, of the tuple itself and
     of its partner: lambda l(q(z_i^mix), z'_i) + (1 - lambda) l(q(z_i^mix), z'_pi(i)), l = 2 - 2 cos, summed over
     both directions as `BYOLLoss`. Unmixed (alpha = 0) it is BYOL."""

@@ -136,7 +136,7 @@ def two_ranks(tmp_path_factory) -> dict:
 
 
 def test_every_loss_config_is_covered():
-    assert len(LOSSES) == 15
+    assert len(LOSSES) == 17
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ from cl_runner.losses.momentum import BYOLLoss, MoCoLoss
 from cl_runner.losses.pairwise import ContrastiveLoss, CosineEmbeddingLoss, TripletMarginLoss
 from cl_runner.losses.redundancy import BarlowTwinsLoss, VICRegLoss
 from cl_runner.losses.siamese import SimSiamLoss
+from cl_runner.losses.simclr_alternatives import InBatchMarginLoss, NTLogisticLoss
 
 __all__ = ["Loss", "BarlowTwinsLoss", "BYOLLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "DebiasedNTXentLoss",
-           "IMixBYOLLoss", "IMixLoss", "IMixMoCoLoss", "MoCoLoss", "NPairLoss", "NTXentLoss", "SimSiamLoss",
-           "SupConLoss", "TripletMarginLoss", "VICRegLoss"]
+           "IMixBYOLLoss", "IMixLoss", "IMixMoCoLoss", "InBatchMarginLoss", "MoCoLoss", "NPairLoss", "NTLogisticLoss",
+           "NTXentLoss", "SimSiamLoss", "SupConLoss", "TripletMarginLoss", "VICRegLoss"]

@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from test_cifar100 import write_cifar100
 from conftest import REPO, run_main
 
 CONF = REPO / "conf"
@@ -31,7 +32,8 @@ def scenarios(sweep: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("group", SWEPT_GROUPS)
 def test_every_option_of_the_group_runs(group, tmp_path, data_root, capfd):
-    folder_free = [o for o in options(group) if (group, o) != ("dataset", "image_folder")]
+    # a folder of one's own needs its path, CIFAR-100 files that no machine here has: both join the sweep below
+    folder_free = [o for o in options(group) if group != "dataset" or o not in ("image_folder", "cifar100")]
     # a pipeline per view (byol, targeted_pair) needs both views augmented: the default triplet's anchor too
     both_views = ["pairing.augment_anchor=true"] if group == "aug" else []
     code, _, err = run_main(["-m", f"{group}={','.join(folder_free)}", *SMOKE, *both_views, "hydra.sweep.dir=sweep"],
@@ -40,6 +42,12 @@ def test_every_option_of_the_group_runs(group, tmp_path, data_root, capfd):
     if group == "dataset":  # a folder of one's own needs its path: the same sweep, grown by that job
         folder = image_folder(tmp_path / "images")
         code, _, err = run_main(["-m", "dataset=image_folder", f"dataset.path={folder}", *SMOKE,
+                                 "hydra.sweep.dir=sweep"], tmp_path, capfd)
+        assert code == 0, err[-3000:]
+        write_cifar100(tmp_path / "cifar100", fine_classes=4)  # files in its exact format (test_cifar100.py)
+        code, _, err = run_main(["-m", "dataset=cifar100", f"dataset.root={tmp_path / 'cifar100'}",
+                                 "dataset.verify=false", *SMOKE, "dataset.train_subset=null", "dataset.test_subset=null",
+                                 "eval.tsne_points=10",
                                  "hydra.sweep.dir=sweep"], tmp_path, capfd)
         assert code == 0, err[-3000:]
     ran = scenarios(tmp_path / "sweep")

@@ -18,7 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 from cl_runner import atomic, distributed, evaluate, export, run_folder
 from cl_runner.checkpoint import CHECKPOINT_FILE, LoopPosition, TrainingRecord
 from cl_runner.config import check_data, check_labels_needed
-from cl_runner.data.datasets import ImageSet, Splits, hold_out, keep_fraction
+from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.data.splits import hold_out, keep_fraction
 from cl_runner.distributed import World
 from cl_runner.errors import UserError
 from cl_runner.interruption import Interrupted, SignalStop

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from cl_runner.data.datasets import ImageSet, Splits, hold_out, keep_fraction
+from cl_runner.data.datasets import ImageSet, Splits
+from cl_runner.data.splits import hold_out, keep_fraction
 from cl_runner.errors import UserError
 from conftest import run_main
 from test_validation_split import indices, numbered

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from cl_runner.data.datasets import ImageSet, Splits, hold_out, read_digits
+from cl_runner.data.datasets import ImageSet, Splits, read_digits
+from cl_runner.data.splits import hold_out
 from cl_runner.errors import UserError
 from conftest import run_main
 

@@ -98,7 +98,7 @@ class ImageSet:
 class Splits:
     """What a run reads: `train` (pretraining's images), `test` (the held-out images that evaluation embeds),
     `probe` (the standard protocol's training images: `train`, unless the data set has a labelled set of its own
-    for an unlabelled one) and `val` (a slice held out of the training images, `hold_out`; None without one)."""
+    for an unlabelled one) and `val` (a slice held out of the training images, splits.hold_out; None without one)."""
 
     train: ImageSet
     test: ImageSet
@@ -109,8 +109,8 @@ class Splits:
 class DataSet(ABC):
     """A data set as a config group option instantiates it (`_target_` in conf/dataset/NAME.yaml): `load()`
     returns its splits, `train_subset` / `test_subset` keep only their first images, `val_fraction` is the share
-    of the training images that `hold_out` sets aside, `train_fraction` the share of the rest that `keep_fraction`
-    trains on; `labelled` is known before any image is read."""
+    of the training images that splits.hold_out sets aside, `train_fraction` the share of the rest that
+    splits.keep_fraction trains on; `labelled` is known before any image is read."""
 
     name = "data set"
 
@@ -135,62 +135,6 @@ class DataSet(ABC):
             raise UserError(f"dataset.{split}_subset={size} is more than the {len(images)} {split} images of "
                             f"{self.name}: choose at most {len(images)}, or null for all of them")
         return images.head(size)
-
-
-def stratified_draw(labels: torch.Tensor | None, size: int, fraction: float, seed: int) -> torch.Tensor:
-    """The sorted indices of round(fraction x count) images of every class (of all `size` images when `labels` is
-    None), each class's drawn uniformly by `seed`."""
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
-    labels = labels.cpu() if labels is not None else torch.zeros(size, dtype=torch.long)
-    order = order[torch.argsort(labels[order], stable=True)]  # by class, each class in the seed's random order
-    counts = torch.bincount(labels)
-    starts, taken = torch.cumsum(counts, 0) - counts, torch.round(counts * fraction).long()
-    return torch.cat([order[start:start + n] for start, n in zip(starts.tolist(), taken.tolist())]).sort().values
-
-
-def _rows(images: ImageSet, indices: torch.Tensor) -> ImageSet:
-    indices = indices.to(images.images.device)
-    return ImageSet(images.images[indices], None if images.labels is None else images.labels[indices],
-                    images.classes)
-
-
-def hold_out(data: Splits, fraction: float, seed: int) -> Splits:
-    """`data` with `fraction` of its training images set aside as `val`: per class (stratified; the whole set when
-    unlabelled) round(fraction x the class's count) images drawn by `seed`, the rest kept in their order as the
-    training (and, where it is the training set, probe) images. The test images are not touched. With fraction 0,
-    `data` itself."""
-    if not fraction:
-        return data
-    train = data.train
-    held = stratified_draw(train.labels, len(train), fraction, seed)
-    if len(held) == 0:
-        raise UserError(f"dataset.val_fraction={fraction} holds out no image of the {len(train)} training images: "
-                        "choose a larger fraction")
-    kept = torch.ones(len(train), dtype=torch.bool)
-    kept[held] = False
-    if train.labelled and not torch.isin(train.labels.cpu().unique(), train.labels.cpu()[kept]).all():
-        raise UserError(f"dataset.val_fraction={fraction} leaves a class without training images: choose a smaller "
-                        "fraction")
-    rest = _rows(train, torch.nonzero(kept).squeeze(1))
-    return Splits(rest, data.test, rest if data.probe is data.train else data.probe, _rows(train, held))
-
-
-def keep_fraction(data: Splits, fraction: float, seed: int) -> Splits:
-    """`data` with only `fraction` of its training images (after `hold_out`), for experiments on the size of the
-    data set (i-Mix's, Lee et al. 2021): per class (stratified) round(fraction x the class's count) images drawn
-    by `seed`, kept in their order; the probe trains on them too where it is the training set. The
-    validation and test images are not touched. With fraction 1, `data` itself."""
-    if fraction == 1:
-        return data
-    train = data.train
-    kept = _rows(train, stratified_draw(train.labels, len(train), fraction, seed))
-    if train.labelled and len(kept.labels.unique()) < len(train.labels.unique()):
-        raise UserError(f"dataset.train_fraction={fraction} keeps no image of some class of the {len(train)} "
-                        "training images: choose a larger fraction")
-    if len(kept) < 2:
-        raise UserError(f"dataset.train_fraction={fraction} keeps {len(kept)} of the {len(train)} training images: "
-                        "choose a larger fraction")
-    return Splits(kept, data.test, kept if data.probe is data.train else data.probe, data.val)
 
 
 class SplitReader(DataSet):

@@ -27,7 +27,7 @@ from cl_runner import distributed, experiment, run_folder, sweep_progress, sweep
 from cl_runner.config import close_keys, validate
 from cl_runner.distributed import World
 from cl_runner.errors import SweepRefused, UserError, first_line
-from cl_runner.interruption import Interrupted
+from cl_runner.interruption import Interrupted, worker_job
 from cl_runner.runtime import job_threads, local_sweep_jobs, retain_freed_memory, runs_in_worker
 
 log = logging.getLogger(__name__)
@@ -83,19 +83,21 @@ def run_job(cfg: DictConfig, errors: list[str], full_trace: bool = False, world:
     know, in one line (its own crash, rank 0 gone). With `full_trace` (HYDRA_FULL_ERROR=1), every error is
     raised, for Hydra to print its traceback."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode.name == "MULTIRUN" and not world.is_distributed:
-        world = distributed.cluster_world()  # a job run as several tasks by a cluster launcher (submitit)
-        if world.is_distributed:
-            distributed.join(world)
-            try:
-                return run_in_world(cfg, errors, full_trace, world)
-            finally:
-                distributed.leave()
-    return run_in_world(cfg, errors, full_trace, world)
+    parent = sweep_process() if runs_in_worker(hydra_cfg.launcher) else None
+    with worker_job(parent):
+        if hydra_cfg.mode.name == "MULTIRUN" and not world.is_distributed:
+            world = distributed.cluster_world()  # a job run as several tasks by a cluster launcher (submitit)
+            if world.is_distributed:
+                distributed.join(world)
+                try:
+                    return run_in_world(cfg, errors, full_trace, world, parent)
+                finally:
+                    distributed.leave()
+        return run_in_world(cfg, errors, full_trace, world, parent)
 
 
-def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: World) -> dict:
-    """`run_job`'s work, in this process's world."""
+def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: World, parent: int | None) -> dict:
+    """`run_job`'s work, in this process's world; `parent`: the sweep process of a job in a worker process."""
     hydra_cfg = HydraConfig.get()
     retain_freed_memory()  # again: a launcher may run the job in a process of its own
     if not world.is_main:  # rank 0 alone writes the job's log
@@ -108,7 +110,6 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
     choices = {g: hydra_cfg.runtime.choices[g] for g in GROUPS if hydra_cfg.runtime.choices.get(g)}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    parent = sweep_process() if runs_in_worker(hydra_cfg.launcher) else None
     try:
         with distributed.together(world):  # the same checks in every process; rank 0 says what failed
             if cfg.resume:
@@ -133,11 +134,6 @@ def run_in_world(cfg: DictConfig, errors: list[str], full_trace: bool, world: Wo
         if world.is_main:
             print(f"cl-run: {done}", file=sys.stderr)
         return {}
-    except Interrupted:
-        if parent is not None and os.getppid() != parent:  # the sweep died: this worker ends, nobody waits on it
-            logging.shutdown()
-            os._exit(128 + signal.SIGHUP)
-        raise
     except Exception as err:
         message = one_line(err)
         if not world.is_main:  # rank 0 records the run's failure and says why, traceback included for a bug

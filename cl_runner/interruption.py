@@ -2,8 +2,13 @@
 on, until the loop reaches a step or phase boundary, where it writes a checkpoint and raises `Interrupted`."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Interrupted(BaseException):
@@ -60,3 +65,47 @@ class SignalStop:
         if self.signum is None and self.parent is not None and os.getppid() != self.parent:
             self.signum = signal.SIGHUP  # orphaned: the parent died without a word
         return self.signum
+
+
+def orphaned(parent: int | None) -> bool:
+    """Whether this worker process's sweep (`parent`, a pid; None: not a worker) is gone."""
+    return parent is not None and os.getppid() != parent
+
+
+def leave_orphaned_worker() -> None:
+    """End a worker whose sweep is gone at once: nobody collects its results or hands it another job."""
+    logging.shutdown()
+    os._exit(128 + signal.SIGHUP)
+
+
+_JOB_RUNNING = threading.Event()
+_WATCHED: list[int] = []
+
+
+@contextmanager
+def worker_job(parent: int | None) -> Iterator[None]:
+    """One sweep job in a local worker process (joblib) of the sweep process `parent` (None: not a worker).
+
+    Killed, a sweep hands out no more jobs, and its idle workers would wait for one until joblib's idle timeout
+    (300 s). So the worker ends within a second of its sweep's death when it has no job, and at the end of the job
+    it has; during the job, SignalStop(parent) ends the job at its next boundary with a checkpoint."""
+    if parent is None:
+        yield
+        return
+    if not _WATCHED:  # one watch per worker process, for all its jobs
+        _WATCHED.append(parent)
+        threading.Thread(target=_watch, args=(parent,), name="sweep-watch", daemon=True).start()
+    _JOB_RUNNING.set()
+    try:
+        yield
+    finally:
+        _JOB_RUNNING.clear()
+        if orphaned(parent):
+            leave_orphaned_worker()
+
+
+def _watch(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if not _JOB_RUNNING.is_set() and orphaned(parent):
+            leave_orphaned_worker()

@@ -53,13 +53,7 @@ def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once
                              stderr=subprocess.DEVNULL, env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)})
 
     def states() -> dict:
-        found = {}
-        for path in glob.glob(str(tmp_path / "s" / "*" / "status.json")):
-            try:
-                found[path] = json.loads(open(path).read())
-            except ValueError:  # being replaced
-                pass
-        return found
+        return job_states(tmp_path / "s")
 
     deadline = time.monotonic() + 300
     while True:  # a worker is in its second job, past that job's first checkpoint
@@ -85,9 +79,45 @@ def test_workers_of_a_killed_sweep_checkpoint_exit_and_the_rerun_resumes_at_once
     assert {s["status"] for s in states().values()} == {"completed"} and len(states()) == 4
 
 
+def job_states(sweep_dir: Path) -> dict:
+    """Each job folder's status.json, by path (one being replaced is left out)."""
+    found = {}
+    for path in glob.glob(str(sweep_dir / "*" / "status.json")):
+        try:
+            found[path] = json.loads(open(path).read())
+        except ValueError:  # being replaced
+            pass
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, or a process gone between two reads of /proc, does not)."""
     try:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_an_idle_worker_of_a_killed_sweep_exits_too(tmp_path):
+    """A worker whose job ended before its sweep was killed waits for no next job (joblib's idle timeout is 300 s)."""
+    args = ["-m", "dataset=digits", "loss=triplet", "aug=none", "epochs=1,30", "batch_size=64", "eval.tsne_points=0",
+            "eval.protocols=[paper]", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s"]
+    sweep = subprocess.Popen([sys.executable, "-m", "cl_runner", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "CL_DATA_ROOT": str(DATA_ROOT)})
+    deadline = time.monotonic() + 300
+    while True:  # the short job is done, its worker idle; the long one runs
+        now = job_states(tmp_path / "s")
+        if sorted(s["status"] for s in now.values()) == ["completed", "running"]:
+            break
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = {s["pid"] for s in now.values()}
+    assert len(workers) == 2
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the killed sweep's workers are still alive"
+        time.sleep(0.2)
+    assert {s["status"] for s in job_states(tmp_path / "s").values()} <= {"completed", "interrupted"}

@@ -27,13 +27,15 @@ CHECKPOINT_KEYS = {"encoder", "loss", "optimizer", "scaler", "schedule", "rng", 
 
 @dataclass
 class TrainingRecord:
-    """What pretraining measured: wall time, work done, and the mean loss of every epoch."""
+    """What pretraining measured: wall time, work done, and the mean loss of every epoch, with the loss's own
+    diagnostics (`Loss.figures`, e.g. the contrastive accuracy) averaged over each epoch, by name."""
 
     seconds: float = 0.0
     steps: int = 0
     tuples: int = 0
     images: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    epoch_figures: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def tuples_per_second(self) -> float:
@@ -47,13 +49,15 @@ class TrainingRecord:
 @dataclass
 class LoopPosition:
     """Where the training loop stands, enough to continue it exactly: epochs completed, steps done in the current
-    epoch, that epoch's tuple order and its running loss sum, and the record of the training so far."""
+    epoch, that epoch's tuple order, its running sums of the loss and of the loss's figures, and the record of the
+    training so far."""
 
     record: TrainingRecord = field(default_factory=TrainingRecord)
     epoch: int = 0
     step_in_epoch: int = 0
     order: torch.Tensor | None = None
     epoch_loss_sum: float = 0.0
+    epoch_figure_sums: dict[str, float] = field(default_factory=dict)
 
 
 class Stateful(Protocol):
@@ -98,7 +102,7 @@ class Checkpointer:
                     "streams": self.streams.state_dict()},
             "position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                          "order": None if state.order is None else state.order.cpu(),
-                         "epoch_loss_sum": state.epoch_loss_sum},
+                         "epoch_loss_sum": state.epoch_loss_sum, "epoch_figure_sums": state.epoch_figure_sums},
             "stats": vars(state.record),
         }
 
@@ -165,7 +169,8 @@ class Checkpointer:
         return LoopPosition(record=TrainingRecord(**payload["stats"]), epoch=position["epoch"],
                             step_in_epoch=position["step_in_epoch"],
                             order=None if order is None else order.to(self.streams.order.device),
-                            epoch_loss_sum=position["epoch_loss_sum"])
+                            epoch_loss_sum=position["epoch_loss_sum"],
+                            epoch_figure_sums=position.get("epoch_figure_sums", {}))  # none before they existed
 
 
 class DamagedCheckpoint(UserError):

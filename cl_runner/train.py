@@ -111,8 +111,9 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
         while state.epoch < epochs:
             if state.step_in_epoch == 0:
                 state.order = torch.randperm(num_tuples, generator=streams.order, device=device)
-                state.epoch_loss_sum = 0.0
+                state.epoch_loss_sum, state.epoch_figure_sums = 0.0, {}
             epoch_loss = torch.tensor(state.epoch_loss_sum, device=device)
+            figure_sums = {name: torch.tensor(value, device=device) for name, value in state.epoch_figure_sums.items()}
             window_loss, window_steps = torch.zeros((), device=device), 0
             while state.step_in_epoch < steps_per_epoch:
                 first = state.step_in_epoch * batch_size
@@ -134,6 +135,8 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                 record.tuples += len(ids)
                 record.images += batch.views * len(ids)
                 epoch_loss += loss
+                for name, value in loss_fn.figures.items():
+                    figure_sums[name] = figure_sums.get(name, 0.0) + value
                 window_loss += loss
                 window_steps += 1
                 bar.update()
@@ -151,17 +154,26 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                 signum = distributed.agreed_max(stop_signal() or 0) or None
                 if signum is not None and checkpointer is not None:
                     state.epoch_loss_sum = distributed.mean_over_ranks(epoch_loss).item()
+                    state.epoch_figure_sums = {name: distributed.mean_over_ranks(value).item()
+                                               for name, value in figure_sums.items()}
                     record.seconds = time.perf_counter() - start
                     raise Interrupted(signum, checkpointer.save(state, wait=True))
             record.epoch_losses.append(distributed.mean_over_ranks(epoch_loss).item() / steps_per_epoch)
             if not math.isfinite(record.epoch_losses[-1]):
                 _diverged(record.steps, checkpointer)
-            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+            figures = {name: distributed.mean_over_ranks(value).item() / steps_per_epoch
+                       for name, value in figure_sums.items()}
+            for name, value in figures.items():
+                record.epoch_figures.setdefault(name, []).append(value)
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            state.epoch_loss_sum, state.epoch_figure_sums = 0.0, {}
             record.seconds = time.perf_counter() - start
             if writer is not None:
                 writer.add_scalar("train/epoch_loss", record.epoch_losses[-1], state.epoch)
-            log.info("epoch %d/%d: loss %.4f, %.0f tuples/s", state.epoch, epochs, record.epoch_losses[-1],
-                     record.tuples_per_second)
+                for name, value in figures.items():
+                    writer.add_scalar(f"train/{name}", value, state.epoch)
+            log.info("epoch %d/%d: loss %.4f%s, %.0f tuples/s", state.epoch, epochs, record.epoch_losses[-1],
+                     "".join(f", {name} {value:.4f}" for name, value in figures.items()), record.tuples_per_second)
             if parts.monitor is not None and (state.epoch % settings.monitor_every == 0 or state.epoch == epochs):
                 watched = watch(parts.monitor, state, writer, settings.stop_on_collapse, checkpointer)
                 record.seconds = time.perf_counter() - start  # training's time includes its monitoring

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import checkpoint, experiment
-from cl_runner.checkpoint import Checkpointer, LoopPosition, load_payload
+from cl_runner.checkpoint import Checkpointer, LoopPosition, TrainingRecord, load_payload
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
 from cl_runner.losses import Loss, MoCoLoss, TripletMarginLoss
@@ -209,7 +209,7 @@ def test_a_signal_ends_training_once_its_checkpoint_is_whole(tmp_path, monkeypat
     assert saved["stats"]["steps"] == 6
 
 
-def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encoder, MoCoLoss]:
+def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encoder, MoCoLoss, TrainingRecord]:
     """Two epochs of MoCo on 256 digits, optionally stopped by a signal after `stop_at_step` steps and then
     continued by fresh objects from the checkpoint, as `cl-run resume=` does."""
     def parts():
@@ -228,27 +228,31 @@ def moco_training(run_dir: Path, stop_at_step: int | None = None) -> tuple[Encod
 
     def train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, stop_signal):
         with SummaryWriter(str(run_dir / "tb")) as writer:
-            pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
+            return pretrain(TrainingParts(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer=checkpointer),
                      state, LoopSettings(epochs=2, batch_size=64), writer, stop_signal)
 
     encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
     steps = iter(range(1, 100))
     stop = (lambda: signal.SIGTERM if next(steps) == stop_at_step else None) if stop_at_step else (lambda: None)
     try:
-        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, LoopPosition(), stop)
+        record = train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, LoopPosition(), stop)
     except Interrupted:
         encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer = parts()
         state = checkpointer.restore()
-        train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, lambda: None)
-    return encoder, loss_fn
+        record = train(encoder, loss_fn, sampler, optimizer, scaler, streams, checkpointer, state, lambda: None)
+    return encoder, loss_fn, record
 
 
 def test_a_resumed_moco_run_continues_its_momentum_encoder_and_queue_exactly(tmp_path):
-    reference = moco_training(tmp_path / "reference")
-    resumed = moco_training(tmp_path / "resumed", stop_at_step=3)  # mid-epoch 1 of 4 steps
+    *reference, reference_record = moco_training(tmp_path / "reference")
+    *resumed, resumed_record = moco_training(tmp_path / "resumed", stop_at_step=3)  # mid-epoch 1 of 4 steps
     for ours, theirs in zip(reference, resumed):
         for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
             assert torch.equal(a, b), name
+    assert resumed_record.epoch_losses == reference_record.epoch_losses
+    assert resumed_record.epoch_figures == reference_record.epoch_figures  # the interrupted epoch's sums were kept
+    assert set(reference_record.epoch_figures) == {"contrastive_accuracy", "contrastive_entropy"}
+    assert all(len(values) == 2 for values in reference_record.epoch_figures.values())
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ A loss sees the encoder and the batch through `training_loss(encoder, batch, sha
 all views in one pass and calls `forward(z, target, labels)` with z [views, tuples, dim] (fp32), `target` the +1/-1
 pair labels (pairs only) and `labels` the tuples' classes where the pairing passes them. Methods with parts of
 their own (a predictor, a momentum encoder, a queue) build them in `setup`, use them in `training_loss` and
-update them in `after_step`; their parameters join the optimizer and their state goes into checkpoints.
+update them in `after_step`; their parameters join the optimizer and their state goes into checkpoints. A loss
+over in-batch candidates also leaves its step's `figures` (contrastive_figures: SimCLR's Table 5 diagnostics),
+which the loop averages over each epoch.
 
 In a distributed run the batch is this process's `share` of the global batch. A loss whose terms depend on the
 other tuples of the batch (in-batch negatives, batch statistics: `in_batch`) is computed on the embeddings of
@@ -37,6 +39,10 @@ class Loss(nn.Module):
     two_views = False
     in_batch = False
 
+    def __init__(self):
+        super().__init__()
+        self.figures: dict[str, torch.Tensor] = {}  # the last forward's diagnostics, detached (none: {})
+
     def setup(self, encoder: nn.Module, batch_size: int) -> None:
         """Build the parts that depend on the encoder (its `output_dim`) or the batch size; called once, before
         the optimizer is made. Raises ConfigError for settings that cannot work."""
@@ -53,3 +59,19 @@ class Loss(nn.Module):
 
     def after_step(self, encoder: nn.Module, progress: float) -> None:
         """Called after each optimizer step; `progress` is the share of all training steps done, in (0, 1]."""
+
+
+@torch.no_grad()
+def contrastive_figures(logits: torch.Tensor, positives: torch.Tensor, entropy: bool = True
+                        ) -> dict[str, torch.Tensor]:
+    """The two diagnostics of SimCLR's Table 5 (Chen et al. 2020) for one step of a loss that scores each anchor's
+    candidates: `logits` [anchors, candidates] (-inf: not a candidate of that anchor), `positives` a boolean mask of
+    the same shape. `contrastive_accuracy`: the share of anchors (with a positive) whose highest-scored candidate
+    is a positive. `contrastive_entropy`: the mean entropy, in nats, of softmax(logits) over each anchor's
+    candidates (left out with `entropy=False`: a loss without a distribution over them)."""
+    has_positive = positives.any(dim=1)
+    top_is_positive = positives.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1) & has_positive
+    figures = {"contrastive_accuracy": top_is_positive.sum() / has_positive.sum()}
+    if entropy:
+        figures["contrastive_entropy"] = torch.special.entr(logits.float().softmax(dim=1)).sum(dim=1).mean()
+    return figures

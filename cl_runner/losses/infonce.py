@@ -9,18 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from cl_runner.errors import ConfigError
-from cl_runner.losses.base import Loss
+from cl_runner.losses.base import Loss, contrastive_figures
 
 
 SIMILARITIES = ("cosine", "dot")
 
 
 def multi_positive_contrastive(z: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                               temperature: float, normalize: bool = True) -> torch.Tensor:
+                               temperature: float, normalize: bool = True) -> tuple[torch.Tensor, dict]:
     """The loss shared by NT-Xent and SupCon (Khosla et al. 2020, eq. 2, L_out): for each of the N = views x
     tuples embeddings i (l2-normalized, unless `normalize` is false: dot products), the mean over its positives p of
     -log(exp(z_i . z_p / T) / sum over a in positives(i) + negatives(i) of exp(z_i . z_a / T)), averaged over i.
-    `positives` and `negatives` are boolean [N, N] masks (never the diagonal)."""
+    `positives` and `negatives` are boolean [N, N] masks (never the diagonal). Returns the loss and its
+    contrastive_figures."""
     flat = z.reshape(-1, z.shape[-1])  # N x dim, views stacked: index = view * tuples + t
     flat = F.normalize(flat, dim=1) if normalize else flat
     logits = flat @ flat.T / temperature  # N x N
@@ -28,7 +29,8 @@ def multi_positive_contrastive(z: torch.Tensor, positives: torch.Tensor, negativ
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     per_anchor = -(log_prob.masked_fill(~positives, 0.0)).sum(dim=1) / positives.sum(dim=1).clamp_min(1)
     has_positive = positives.any(dim=1)  # a mean over these anchors, without a boolean index (a host sync on a GPU)
-    return per_anchor.masked_fill(~has_positive, 0.0).sum() / has_positive.sum()
+    loss = per_anchor.masked_fill(~has_positive, 0.0).sum() / has_positive.sum()
+    return loss, contrastive_figures(logits, positives)
 
 
 def _same(ids: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,8 @@ class _InBatchContrastive(Loss, ABC):
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         positives, negatives = self.masks(z.shape[0], z.shape[1], labels, z.device)
-        return multi_positive_contrastive(z, positives, negatives, self.temperature, self.normalize)
+        loss, self.figures = multi_positive_contrastive(z, positives, negatives, self.temperature, self.normalize)
+        return loss
 
 
 class NTXentLoss(_InBatchContrastive):
@@ -136,6 +139,10 @@ class DebiasedNTXentLoss(Loss):
         n = 2 * tuples - 2
         g = (negatives - n * self.tau_plus * positive) / (1 - self.tau_plus)
         g = torch.clamp(g, min=n * math.exp(-1 / self.temperature))
+        logits = (flat @ flat.T / self.temperature).detach().fill_diagonal_(float("-inf"))
+        partners = torch.zeros_like(not_negative)
+        partners[index, (index + tuples) % (2 * tuples)] = True
+        self.figures = contrastive_figures(logits, partners)  # of the uncorrected distribution, as NT-Xent's
         return -torch.log(positive / (positive + g)).mean()
 
 
@@ -160,4 +167,5 @@ class NPairLoss(Loss):
         logits = anchors @ positives.T  # tuples x tuples
         classes = torch.arange(len(anchors), device=z.device)
         regularizer = (anchors.square().sum(1) + positives.square().sum(1)).mean() / 2
+        self.figures = contrastive_figures(logits, classes[:, None] == classes[None, :])
         return F.cross_entropy(logits, classes) + self.l2_reg * regularizer

@@ -11,7 +11,7 @@ from torch import nn
 
 from cl_runner import distributed
 from cl_runner.errors import ConfigError
-from cl_runner.losses.base import Loss
+from cl_runner.losses.base import Loss, contrastive_figures
 from cl_runner.losses.siamese import cross_view_cosine
 from cl_runner.models import ProjectionHead
 
@@ -88,6 +88,9 @@ class MoCoLoss(_MomentumEncoder):
         if labels is not None:
             negative = negative.masked_fill(labels.repeat(2)[:, None] == self.queue_labels[None, :], float("-inf"))
         logits = torch.cat([positive, negative], dim=1) / self.temperature  # 2N x (1 + queue_size)
+        first = torch.zeros_like(logits, dtype=torch.bool)
+        first[:, 0] = True
+        self.figures = contrastive_figures(logits, first)  # the key against the queue
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_runner.errors import ConfigError
-from cl_runner.losses.base import Loss
+from cl_runner.losses.base import Loss, contrastive_figures
 
 
 def in_batch_similarities(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -21,6 +21,14 @@ def in_batch_similarities(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     negatives[index, index] = False
     negatives[index, partner] = False
     return similarity, similarity[index, partner].unsqueeze(1), negatives
+
+
+def figures_of(similarity: torch.Tensor, negatives: torch.Tensor, temperature: float | None) -> dict:
+    """contrastive_figures over each anchor's candidates, its other view and its negatives (the entropy at
+    `temperature`; None: a loss without one has no entropy)."""
+    other = ~torch.eye(len(similarity), dtype=torch.bool, device=similarity.device)
+    logits = similarity.detach().masked_fill(~other, float("-inf")) / (temperature or 1.0)
+    return contrastive_figures(logits, other & ~negatives, entropy=temperature is not None)
 
 
 def mean_over_negatives(per_pair: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -46,6 +54,7 @@ class NTLogisticLoss(Loss):
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         similarity, positive, negatives = in_batch_similarities(z)
+        self.figures = figures_of(similarity, negatives, self.temperature)
         positive_term = -F.logsigmoid(positive / self.temperature).mean()
         return positive_term + mean_over_negatives(-F.logsigmoid(-similarity / self.temperature), negatives)
 
@@ -69,4 +78,5 @@ class InBatchMarginLoss(Loss):
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         similarity, positive, negatives = in_batch_similarities(z)
+        self.figures = figures_of(similarity, negatives, None)
         return mean_over_negatives(F.relu(similarity - positive + self.margin), negatives)

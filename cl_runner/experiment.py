@@ -166,7 +166,8 @@ def run_record(cfg: DictConfig, choices: dict, record: TrainingRecord, timing: d
             "train": {"seconds": record.seconds, "steps": record.steps, "tuples": record.tuples,
                       "images": record.images, "tuples_per_s": record.tuples_per_second,
                       "images_per_s": record.images_per_second, "epoch_losses": record.epoch_losses,
-                      **({"epoch_figures": record.epoch_figures} if record.epoch_figures else {})},
+                      **({"epoch_figures": record.epoch_figures} if record.epoch_figures else {}),
+                      **{name: per_epoch[-1] for name, per_epoch in record.epoch_figures.items()}},  # the last epoch's
             "timing": timing,
             "environment": {"device": str(compute.device), "device_name": device_name(compute.device),
                             "precision": compute.precision, "torch": torch.__version__,

@@ -180,3 +180,18 @@ def test_a_two_factor_sweep_is_drawn_as_a_matrix_with_intervals_seeds_and_the_ra
 def test_a_sweep_over_one_factor_draws_no_matrix(sweep):
     report.build_report(sweep)
     assert not (sweep / "matrix.png").exists() and "## Matrix" not in (sweep / "results.md").read_text()
+
+
+def test_a_loss_s_contrastive_figures_join_the_tables_only_where_jobs_have_them(sweep):
+    report.build_report(sweep)
+    assert "contrastive" not in (sweep / "results.csv").read_text()  # the pair and triplet losses report none
+    for folder in sorted(sweep.glob("*_aug=simclr,loss=triplet"))[:1]:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["train"] = {"contrastive_accuracy": 0.625, "contrastive_entropy": 3.5}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    report.build_report(sweep)
+    with open(sweep / "results.csv") as fh:
+        jobs = list(csv.DictReader(fh))
+    assert [j["train.contrastive_accuracy"] for j in jobs].count("0.6250") == 1
+    header = next(line for line in (sweep / "results.md").read_text().splitlines() if line.startswith("| "))
+    assert "train contrastive acc." in header and "train entropy (nats)" in header

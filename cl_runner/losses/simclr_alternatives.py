@@ -1,5 +1,6 @@
 """The alternatives to NT-Xent that SimCLR compares (Chen et al. 2020, Table 2 and Table 4): NT-Logistic and the
-margin triplet loss, each on the in-batch similarities of l2-normalized views, every other embedding a negative."""
+margin triplet loss, each on the in-batch similarities of l2-normalized views, every other embedding a negative, or
+(`mining=semi_hard`, Table 4's "sh") only the semi-hard ones."""
 from __future__ import annotations
 
 import torch
@@ -31,52 +32,78 @@ def figures_of(similarity: torch.Tensor, negatives: torch.Tensor, temperature: f
     return contrastive_figures(logits, other & ~negatives, entropy=temperature is not None)
 
 
+MINING = ("none", "semi_hard")
+
+
+def check_mining(mining: str) -> None:
+    if mining not in MINING:
+        raise ConfigError(f"loss.mining must be one of {', '.join(MINING)}, got {mining!r}")
+
+
+@torch.no_grad()
+def semi_hard(similarity: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+              margin: float = 2.0) -> torch.Tensor:
+    """The semi-hard negatives of each anchor (Schroff et al. 2015, FaceNet, eq. 4, which SimCLR's appendix B.5
+    follows), in similarities: farther from the anchor than its positive, u . v- < u . v+, but within the margin,
+    u . v- > u . v+ - margin (2, the default: any cosine). A selection, not a weight: no gradient through it."""
+    return negatives & (similarity < positive) & (similarity > positive - margin)
+
+
 def mean_over_negatives(per_pair: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """The mean over each anchor's negatives of `per_pair` [2N, 2N], then over the anchors."""
-    return (per_pair.masked_fill(~negatives, 0.0).sum(dim=1) / negatives.sum(dim=1)).mean()
+    """The mean over each anchor's negatives of `per_pair` [2N, 2N] (0 for an anchor that mining left none), then
+    over the anchors."""
+    return (per_pair.masked_fill(~negatives, 0.0).sum(dim=1) / negatives.sum(dim=1).clamp_min(1)).mean()
 
 
 class NTLogisticLoss(Loss):
     """NT-Logistic (SimCLR, Table 2): -log sigmoid(u . v+ / T) - log sigmoid(-u . v- / T) on l2-normalized u, v,
-    for each of the 2N anchors u with its other view v+ and its 2N - 2 in-batch negatives v-; the positive term
-    and the mean of the negatives' terms weigh equally, averaged over the anchors."""
+    for each of the 2N anchors u with its other view v+ and its 2N - 2 in-batch negatives v- (`mining=semi_hard`:
+    its semi-hard ones); the positive term and the mean of the negatives' terms weigh equally, averaged over the
+    anchors."""
 
     pairings = ("multiview",)
     two_views = True
     in_batch = True
 
-    def __init__(self, temperature: float = 0.5):
+    def __init__(self, temperature: float = 0.5, mining: str = "none"):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        check_mining(mining)
+        self.temperature, self.mining = temperature, mining
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         similarity, positive, negatives = in_batch_similarities(z)
         self.figures = figures_of(similarity, negatives, self.temperature)
+        if self.mining == "semi_hard":
+            negatives = semi_hard(similarity, positive, negatives)
         positive_term = -F.logsigmoid(positive / self.temperature).mean()
         return positive_term + mean_over_negatives(-F.logsigmoid(-similarity / self.temperature), negatives)
 
 
 class InBatchMarginLoss(Loss):
     """The margin triplet loss in SimCLR's form (Table 2): max(u . v- - u . v+ + margin, 0) on l2-normalized u, v,
-    for each of the 2N anchors u with its other view v+ and each of its 2N - 2 in-batch negatives v-, averaged
-    over the negatives and the anchors."""
+    for each of the 2N anchors u with its other view v+ and each of its 2N - 2 in-batch negatives v-
+    (`mining=semi_hard`: its semi-hard ones, those within the margin but farther than v+), averaged over the
+    negatives and the anchors."""
 
     pairings = ("multiview",)
     two_views = True
     in_batch = True
 
-    def __init__(self, margin: float = 0.5):
+    def __init__(self, margin: float = 0.5, mining: str = "none"):
         super().__init__()
         if not 0 < margin <= 2:
             raise ConfigError(f"loss.margin must lie in (0, 2] (cosine similarities differ by 2 at most), got "
                               f"{margin}")
-        self.margin = margin
+        check_mining(mining)
+        self.margin, self.mining = margin, mining
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         similarity, positive, negatives = in_batch_similarities(z)
         self.figures = figures_of(similarity, negatives, None)
+        if self.mining == "semi_hard":
+            negatives = semi_hard(similarity, positive, negatives, self.margin)
         return mean_over_negatives(F.relu(similarity - positive + self.margin), negatives)

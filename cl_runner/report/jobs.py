@@ -21,8 +21,10 @@ SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear
 HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
 # label-free scores (the random initialization's have no alignment: it needs the run's augmentation)
 DIAGNOSTICS = [("diagnostics", "rankme"), ("diagnostics", "uniformity"), ("diagnostics", "alignment")]
+# the loss's own diagnostics at the last epoch of training (SimCLR's Table 5), where the loss has them
+TRAINING = [("train", "contrastive_accuracy"), ("train", "contrastive_entropy")]
 NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN",
-         "rankme": "RankMe"}
+         "rankme": "RankMe", "contrastive_accuracy": "contrastive acc.", "contrastive_entropy": "entropy (nats)"}
 
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cl_runner.intervals import CONFIDENCE, METHOD, Interval, mean_interval
 from cl_runner.report.comparisons import contrasts, following_factors
-from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, Job, factor_columns, label, scenarios,
-                                  values)
+from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, TRAINING, Job, factor_columns, label,
+                                  scenarios, values)
 from cl_runner.report.matrix import matrix_markdown
 
 
@@ -28,6 +28,7 @@ def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     columns = factor_columns(jobs)
     label_free = not any(values(jobs, "", p, m) for p, m in SUMMARY)
     shown, initial, gained = (DIAGNOSTICS, DIAGNOSTICS[:2], []) if label_free else (SUMMARY, HEADLINE, HEADLINE)
+    shown = shown + [f for f in TRAINING if values(jobs, "", *f)]
     header = [*columns, "seeds", *(label(p, m) for p, m in shown),
               *(f"random init, {label(p, m)}" for p, m in initial), *(f"gain, {label(p, m)}" for p, m in gained),
               "note"]
@@ -95,13 +96,18 @@ LABEL_FREE = [("", p, m) for p, m in DIAGNOSTICS] + [("baseline", p, m) for p, m
 SCORES = [(s, p, m) for s in ("", "baseline", "gain") for p, m in METRICS] + LABEL_FREE  # the long tables' columns
 
 
+def scores_of(jobs: list[Job]) -> list[tuple[str, str, str]]:
+    """SCORES, and the loss's training diagnostics where a job has them."""
+    return SCORES + [("", p, m) for p, m in TRAINING if values(jobs, "", p, m)]
+
+
 def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """The long table: one row per job with its seed, every metric, the random initialization's and the gain."""
-    columns = factor_columns(jobs)
-    header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in SCORES), "train_s", "status"]
+    columns, scores = factor_columns(jobs), scores_of(jobs)
+    header = ["job", *columns, "seed", *(".".join(filter(None, f)) for f in scores), "train_s", "status"]
     rows = []
     for job in jobs:
-        numbers = [job.value(*f) for f in SCORES]
+        numbers = [job.value(*f) for f in scores]
         train_s = job.metrics.get("train", {}).get("seconds")
         rows.append([job.folder.name, *(job.factors.get(c, "") for c in columns),
                      "" if job.seed is None else str(job.seed), *("" if v is None else f"{v:.4f}" for v in numbers),
@@ -111,15 +117,15 @@ def job_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
 
 def interval_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """Per scenario and metric (trained, baseline, gain): mean, low, high and n, for further analysis."""
-    columns = factor_columns(jobs)
+    columns, scores = factor_columns(jobs), scores_of(jobs)
     header = [*columns]
-    for score in SCORES:
+    for score in scores:
         name = ".".join(filter(None, score))
         header += [f"{name}.mean", f"{name}.low", f"{name}.high", f"{name}.n"]
     rows = []
     for group in scenarios(jobs).values():
         row = [group[0].factors.get(c, "") for c in columns]
-        for score in SCORES:
+        for score in scores:
             interval = mean_interval(values(group, *score))
             row += ["" if math.isnan(v) else f"{v:.4f}" for v in (interval.mean, interval.low, interval.high)]
             row.append(str(interval.n))

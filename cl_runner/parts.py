@@ -84,6 +84,7 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
         compiled.discard("batch")
     sampler.setup(train, instantiate(cfg.aug), streams, compiled="batch" in compiled)
     loss_fn = instantiate(cfg.loss)
+    loss_fn.classes = len(train.classes)
     try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here
         loss_fn.setup(encoder, cfg.batch_size)
         loss_fn.to(device)

@@ -32,12 +32,14 @@ class Loss(nn.Module):
     """Base of every loss. Class attributes state what it trains on, checked before any work:
     `pairings` (the pairing names it accepts), `needs_labels` (class labels: negatives=label_aware) and
     `two_views` (exactly two views per image); `in_batch`: the loss of a tuple depends on the batch's other
-    tuples, so a distributed run gathers the global batch's embeddings for it."""
+    tuples, so a distributed run gathers the global batch's embeddings for it. `classes`: what the run tells
+    the loss of its data before `setup` (a classifier's size)."""
 
     pairings: tuple[str, ...] = ()
     needs_labels = False
     two_views = False
     in_batch = False
+    classes = 0  # the training data's number of classes (0: unlabelled), set before `setup`
 
     def __init__(self):
         super().__init__()

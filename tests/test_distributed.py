@@ -42,7 +42,8 @@ FP32 = Compute(CPU, "fp32", channels_last=False)
 def make_loss(name: str) -> nn.Module:
     cfg = OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml").loss
     overrides = {"moco": {"queue_size": 64}, "imix_moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16},
-                 "imix_byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16}}
+                 "imix_byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16},
+                 "swav": {"epochs": 4, "num_prototypes": 5, "queue_size": 20, "queue_start_epochs": 0}}
     return instantiate(cfg, **overrides.get(name, {}))
 
 
@@ -67,6 +68,7 @@ def train_two_steps(name: str, world: World) -> dict:
     torch.manual_seed(0)  # the encoder, MoCo's first queue, i-Mix's draws: the same in every process
     encoder = TinyEncoder().double()
     loss_fn = make_loss(name)
+    loss_fn.classes = 3  # the batches' labels (a classifier's size)
     if world.is_distributed:
         encoder = distributed.sync_batch_norm(encoder, CPU)
     loss_fn.setup(encoder, TUPLES)
@@ -136,7 +138,7 @@ def two_ranks(tmp_path_factory) -> dict:
 
 
 def test_every_loss_config_is_covered():
-    assert len(LOSSES) == 17
+    assert len(LOSSES) == 21
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ from cl_runner.losses.pairwise import ContrastiveLoss, CosineEmbeddingLoss, Trip
 from cl_runner.losses.redundancy import BarlowTwinsLoss, VICRegLoss
 from cl_runner.losses.siamese import SimSiamLoss
 from cl_runner.losses.simclr_alternatives import InBatchMarginLoss, NTLogisticLoss
+from cl_runner.losses.supervised import SupervisedLoss
+from cl_runner.losses.swav import SwAVLoss
 
 __all__ = ["Loss", "BarlowTwinsLoss", "BYOLLoss", "ContrastiveLoss", "CosineEmbeddingLoss", "DebiasedNTXentLoss",
            "IMixBYOLLoss", "IMixLoss", "IMixMoCoLoss", "InBatchMarginLoss", "MoCoLoss", "NPairLoss", "NTLogisticLoss",
-           "NTXentLoss", "SimSiamLoss", "SupConLoss", "TripletMarginLoss", "VICRegLoss"]
+           "NTXentLoss", "SimSiamLoss", "SupConLoss", "SupervisedLoss", "SwAVLoss", "TripletMarginLoss", "VICRegLoss"]

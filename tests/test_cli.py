@@ -217,7 +217,7 @@ BAD_INPUTS = [
     (["-m", "resume=a"], "job resume=a,seed=0: resume= continues one run; it cannot be part of a multirun"),
     (["dataset=mnist", "dataset.root=missing_data"], "dataset=mnist: files missing and download failed"),
     (["los=triplet"], "Could not override 'los': Key 'los' is not in struct; did you mean loss?"),
-    (["loss=ntxent", "loss.temprature=0.2"], "Key 'temprature' is not in struct; did you mean loss.temperature?"),
+    (["loss=ntxent", "loss.temprature=0.2"], "Key 'temprature' is not in struct; did you mean loss.temperature"),
     (["eval.features=projector"], "eval.features=projector evaluates the projection head's output, and "
                                   "encoder=pami_cnn has none (encoder.projector=null)"),
     (["dataset.train_subset=20000"], "dataset.train_subset=20000 is more than the 10000 train images of "

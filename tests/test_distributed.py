@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from cl_runner import distributed
@@ -26,6 +26,8 @@ from conftest import REPO
 WORLD, TUPLES, CPU = 2, 15, torch.device("cpu")
 LOSSES = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
 VIEWS = {"triplet": 3, "contrastive": 2, "cosine_embedding": 2}
+MINED = ["triplet+batch_hard", "triplet+semi_hard"]  # loss config + loss.mining: triplets mined in the batch
+CASES = LOSSES + MINED
 
 
 class TinyEncoder(nn.Sequential):
@@ -39,17 +41,23 @@ class TinyEncoder(nn.Sequential):
 
 FP32 = Compute(CPU, "fp32", channels_last=False)
 
-def make_loss(name: str) -> nn.Module:
-    cfg = OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml").loss
+def make_loss(case: str) -> nn.Module:
+    name, _, mining = case.partition("+")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):  # a config's defaults too
+        cfg = compose("config", overrides=[f"loss={name}"]).loss
+    if mining:
+        cfg.mining = mining
     overrides = {"moco": {"queue_size": 64}, "imix_moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16},
                  "imix_byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16},
-                 "swav": {"epochs": 4, "num_prototypes": 5, "queue_size": 20, "queue_start_epochs": 0}}
+                 "swav": {"epochs": 4, "num_prototypes": 5, "queue_size": 20, "queue_start_epochs": 0},
+                 "dino": {"epochs": 2, "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}}
     return instantiate(cfg, **overrides.get(name, {}))
 
 
-def global_batches(name: str) -> list[TupleBatch]:
+def global_batches(case: str) -> list[TupleBatch]:
     """Two steps' global batches (float64: the ranks' sums run in another order, so equality is up to rounding,
     kept far below any real error)."""
+    name = case.partition("+")[0]
     generator = torch.Generator().manual_seed(1)
     views = VIEWS.get(name, 2)
     return [TupleBatch(torch.randn(views * TUPLES, 1, 6, 6, generator=generator, dtype=torch.float64), views,
@@ -120,7 +128,7 @@ def rank_main(rank: int, rendezvous: str, results: dict) -> None:
     are in: the gloo threads that DDP keeps alive must not meet the interpreter's finalization."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
-        for name in LOSSES:
+        for name in CASES:
             results[(name, rank)] = train_two_steps(name, World(rank, WORLD))
         results[("nan", rank)] = nan_on_one_rank_skips_the_step_everywhere(rank)
     finally:
@@ -138,11 +146,11 @@ def two_ranks(tmp_path_factory) -> dict:
 
 
 def test_every_loss_config_is_covered():
-    assert len(LOSSES) == 21
+    assert len(LOSSES) == 22
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", CASES)
 def test_two_ranks_train_as_one_process_on_the_whole_batch(name, two_ranks):
     reference = train_two_steps(name, World())
     for rank in range(WORLD):

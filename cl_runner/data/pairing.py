@@ -205,7 +205,8 @@ class TripletSampler(TupleSampler):
         stacked = torch.cat([self.anchor_views(ids, draws["anchor"], rows),
                              self.positive_views(ids, draws["positive"], rows),
                              self.negative_images(ids, draws["negative"], rows)])
-        return normalize(stacked), None, None
+        labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None  # the anchors'
+        return normalize(stacked), None, labels
 
 
 class PairSampler(TupleSampler):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss
+from cl_runner.losses.triplet_mining import check_mining, mined_triplet_loss
 
 
 class CosineEmbeddingLoss(Loss):
@@ -28,18 +29,24 @@ class CosineEmbeddingLoss(Loss):
 
 class TripletMarginLoss(Loss):
     """Triplet margin loss (Schroff et al. 2015; torch.nn.TripletMarginLoss):
-    max(0, ||a - p||_p - ||a - n||_p + margin), averaged over triplets."""
+    max(0, ||a - p||_p - ||a - n||_p + margin), averaged over triplets; with `mining` (batch_hard, semi_hard) over
+    triplets mined in the batch instead (triplet_mining.py), which needs the anchors' classes and makes the loss
+    depend on the batch's other tuples (in_batch)."""
 
     pairings = ("triplet",)
 
-    def __init__(self, margin: float = 1.0, p: float = 2.0):
+    def __init__(self, margin: float = 1.0, p: float = 2.0, mining: str = "none"):
         super().__init__()
         if margin < 0 or p <= 0:
             raise ConfigError(f"loss.margin must be >= 0 and loss.p > 0, got margin={margin}, p={p}")
-        self.margin, self.p = margin, p
+        check_mining(mining)
+        self.margin, self.p, self.mining = margin, p, mining
+        self.in_batch = mining != "none"
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.in_batch:
+            return mined_triplet_loss(z, labels, self.margin, self.p, self.mining)
         anchor, positive, negative = z  # each: tuples x dim
         return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p)
 

@@ -195,3 +195,17 @@ def test_a_loss_s_contrastive_figures_join_the_tables_only_where_jobs_have_them(
     assert [j["train.contrastive_accuracy"] for j in jobs].count("0.6250") == 1
     header = next(line for line in (sweep / "results.md").read_text().splitlines() if line.startswith("| "))
     assert "train contrastive acc." in header and "train entropy (nats)" in header
+
+
+def test_the_figure_draws_only_the_protocols_the_jobs_ran(sweep):
+    from PIL import Image
+
+    report.build_report(sweep)
+    both = Image.open(sweep / "results.png").size
+    for path in sweep.glob("*/metrics.json"):  # as eval.protocols=[standard] leaves them
+        metrics = json.loads(path.read_text())
+        metrics.pop("paper"), metrics["baseline"].pop("paper"), metrics["gain"].pop("paper")
+        path.write_text(json.dumps(metrics))
+    report.build_report(sweep)
+    one = Image.open(sweep / "results.png").size
+    assert one[1] == both[1] and one[0] < 0.6 * both[0]  # one panel, not an empty one beside it

@@ -13,20 +13,22 @@ from cl_runner.report.jobs import ALWAYS_SHOWN, HEADLINE, Job, factor_columns, l
 
 
 def save_results_png(path: Path, jobs: list[Job]) -> bool:
-    """Per scenario and headline metric: each seed as a dot, the mean with its interval, the random
-    initialization marked; one row of panels per data set. False when no job completed."""
+    """Per scenario and headline metric (of those the jobs have: eval.protocols may leave one out): each seed as a
+    dot, the mean with its interval, the random initialization marked; one row of panels per data set. False when
+    no job completed with a headline score."""
     done = [j for j in jobs if j.completed]
-    if not done:
+    shown = [h for h in HEADLINE if values(done, "", *h)]
+    if not shown:
         return False
     datasets = list(dict.fromkeys(j.factors.get("dataset", "") for j in done))
     columns = [c for c in factor_columns(done) if c != "dataset"]
     height = max(len(scenarios([j for j in done if j.factors.get("dataset", "") == d])) for d in datasets)
-    fig, axes = export.pyplot().subplots(len(datasets), len(HEADLINE), squeeze=False,
-                             figsize=(5.2 * len(HEADLINE), 0.45 + len(datasets) * (0.42 * height + 0.9)))
+    fig, axes = export.pyplot().subplots(len(datasets), len(shown), squeeze=False,
+                             figsize=(5.2 * len(shown), 0.45 + len(datasets) * (0.42 * height + 0.9)))
     for row, dataset in enumerate(datasets):
         groups = list(scenarios([j for j in done if j.factors.get("dataset", "") == dataset]).values())
         labels = [" / ".join(g[0].factors.get(c, "") for c in columns) for g in groups]
-        for col, (protocol, name) in enumerate(HEADLINE):
+        for col, (protocol, name) in enumerate(shown):
             ax = axes[row, col]
             for y, group in enumerate(groups):
                 trained = values(group, "", protocol, name)

@@ -13,13 +13,16 @@ import torch
 class TupleBatch:
     """The model inputs of one step (this process's rows of it): `views` groups of the same size stacked along
     dim 0, so the encoder runs once and its output reshapes to [views, tuples, dim]. `target` is +1/-1 per pair
-    (pairs only); `labels` the class of each tuple where the pairing may use labels (label-aware multi-view
-    batches)."""
+    (pairs only); `labels` the class of each tuple where the pairing may use labels (label-aware batches).
+    `local_images`: multi-crop's `local_views` smaller views of each tuple (Caron et al. 2020), stacked the same
+    way, encoded in a pass of their own (None: none)."""
 
     images: torch.Tensor
     views: int
     target: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    local_images: torch.Tensor | None = None
+    local_views: int = 0
 
 
 @dataclass(frozen=True)

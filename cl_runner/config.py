@@ -137,6 +137,9 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
     loss_class = get_class(cfg.loss._target_)
     if loss_class.needs_labels and cfg.pairing.negatives != "label_aware":
         raise UserError(f"loss={loss_name} uses the class labels: it needs pairing.negatives=label_aware")
+    if cfg.pairing.get("local_views") and not loss_class.local_views:
+        raise UserError(f"loss={loss_name} takes no multi-crop local views: set pairing.local_views=0 (the losses "
+                        f"that take them: swav, dino, ntxent, supcon)")
     if loss_class.two_views and cfg.pairing.views != 2:
         raise UserError(f"loss={loss_name} compares two views of each image: it needs pairing.views=2, "
                         f"not {cfg.pairing.views}")
@@ -209,9 +212,14 @@ def check_data(cfg: DictConfig, data: Splits, overrides: list[str]) -> None:
         raise UserError(f"eval.tsne_points={cfg.eval.tsne_points} is more than the {len(data.test)} test images")
 
 
-def check_image_size(encoder: nn.Module, images: ImageSet) -> None:
+IMAGE_SIZE_FIX = "set dataset.image_size (image folders) or choose another encoder"
+LOCAL_VIEW_FIX = "crop the local views larger (their pipelines' crop size, e.g. aug.ops.local_crop.size) or choose " \
+                 "another encoder"
+
+
+def check_image_size(encoder: nn.Module, images: ImageSet, what: str = "images", fix: str = IMAGE_SIZE_FIX) -> None:
     """Refuse images that the encoder cannot take: too small for its layers, or giving features of another size
-    than its head was built for; the message says which sizes the chosen backbone takes."""
+    than its head was built for; the message says which sizes the chosen backbone takes and `fix`."""
     backbone = encoder.backbone
     name = getattr(backbone, "name", type(backbone).__name__)  # a torchvision backbone's model name
     side = "x".join(str(n) for n in images.images.shape[-2:])
@@ -219,13 +227,11 @@ def check_image_size(encoder: nn.Module, images: ImageSet) -> None:
     try:
         features = evaluate.embed(encoder, sample, "backbone")
     except (RuntimeError, AssertionError) as err:  # torch's shape errors; some models assert their input size
-        raise UserError(f"images of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}): it "
-                        f"takes {backbone.image_sizes}; set dataset.image_size larger (image folders) or choose "
-                        "another encoder") from err
+        raise UserError(f"{what} of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}): it "
+                        f"takes {backbone.image_sizes}; {fix}") from err
     if features.shape[1] != backbone.embedding_dim:
-        raise UserError(f"the encoder's {name} gives {features.shape[1]} features for images of {side}, not its "
-                        f"{backbone.embedding_dim}: it takes {backbone.image_sizes}; set dataset.image_size (image "
-                        "folders) or choose another encoder")
+        raise UserError(f"the encoder's {name} gives {features.shape[1]} features for {what} of {side}, not its "
+                        f"{backbone.embedding_dim}: it takes {backbone.image_sizes}; {fix}")
 
 
 def close_keys(key: str, conf: Path) -> list[str]:

@@ -16,7 +16,7 @@ from torch import nn
 from cl_runner import distributed, randomness
 from cl_runner.batch import BatchShare, TupleBatch
 from cl_runner.checkpoint import Checkpointer
-from cl_runner.config import check_image_size
+from cl_runner.config import LOCAL_VIEW_FIX, check_image_size
 from cl_runner.data.datasets import ImageSet
 from cl_runner.data.pairing import TupleSampler
 from cl_runner.distributed import World
@@ -83,6 +83,8 @@ def build_training(cfg: DictConfig, train: ImageSet, device: torch.device, preci
     if train.images.device.type != device.type:  # the images stay in host memory: built batch by batch, eagerly
         compiled.discard("batch")
     sampler.setup(train, instantiate(cfg.aug), streams, compiled="batch" in compiled)
+    if sampler.local_views:
+        check_image_size(encoder, sampler.local_view_sample(), "multi-crop local views", LOCAL_VIEW_FIX)
     loss_fn = instantiate(cfg.loss)
     loss_fn.classes = len(train.classes)
     try:  # the loss's parts, the optimizer and the schedule: their own checks of the config run here

@@ -59,13 +59,15 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     the loss's own `after_step` (e.g. a momentum encoder's update; `progress`: share of training done after this
     step). Returns the loss, not synchronized to the host; with `check_finite` (a
     host sync), a NaN or infinite loss (on any process) is not applied and None is returned."""
+    tuples = len(batch.images) // batch.views
+
     def encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with autocast_for(compute.device, compute.precision):
             z = module(images.contiguous(memory_format=compute.memory_format))
         z = z.to(torch.promote_types(z.dtype, torch.float32))  # the loss computes in fp32 (or wider)
-        return z.view(batch.views, -1, z.shape[-1])  # views x tuples x dim
+        return z.view(-1, tuples, z.shape[-1])  # views x tuples x dim (the batch's views, or its local views)
 
-    loss = objective(batch, share or BatchShare.split(len(batch.images) // batch.views), encode)
+    loss = objective(batch, share or BatchShare.split(tuples), encode)
     if check_finite and distributed.agreed_max(int(not torch.isfinite(loss))):
         return None
     optimizer.zero_grad(set_to_none=True)
@@ -133,7 +135,7 @@ def pretrain(parts: TrainingParts, state: LoopPosition, settings: LoopSettings, 
                 state.step_in_epoch += 1
                 record.steps += 1
                 record.tuples += len(ids)
-                record.images += batch.views * len(ids)
+                record.images += (batch.views + batch.local_views) * len(ids)
                 epoch_loss += loss
                 for name, value in loss_fn.figures.items():
                     figure_sums[name] = figure_sums.get(name, 0.0) + value

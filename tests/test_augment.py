@@ -164,6 +164,22 @@ def test_crop_resize_flip_equals_torchvision(box, channels):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("box", [(3, 5, 20, 14), (0, 0, 32, 32), (10, 12, 6, 8)])
+def test_a_crop_to_another_size_equals_torchvisions_bilinear_resize(box):
+    x = to_unit(images(3, n=4, side=32))
+    flips = torch.tensor([False, True, False, True])
+    ours = crop_resize_flip(x, torch.tensor([box] * 4, dtype=torch.float32), flips, size=16)
+    reference = TF.resized_crop(x, *box, [16, 16], antialias=False)  # the warp samples, it does not average
+    reference[flips] = TF.hflip(reference[flips])
+    assert ours.shape == (4, 3, 16, 16) and torch.allclose(ours, reference, atol=1e-5)
+    crop = Pipeline([RandomResizedCrop(scale=(0.05, 0.14), size=16), HorizontalFlip()])
+    assert crop(images(3, n=5, side=32), seeded(1)).shape == (5, 3, 16, 16)
+    with pytest.raises(ConfigError, match="a crop to another size applies to every image"):
+        RandomResizedCrop(size=16, p=0.5)
+    with pytest.raises(ConfigError, match="size must be null"):
+        RandomResizedCrop(size=0)
+
+
 def test_a_crop_then_a_flip_is_one_warp_with_the_pixels_of_the_two():
     crop, flip = RandomResizedCrop(), HorizontalFlip()
     pipeline = Pipeline([crop, flip])

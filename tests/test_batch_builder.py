@@ -25,6 +25,7 @@ BUILDERS = {  # sampler, augmentation, image channels: every sampler, every augm
     "pair-every-operation-gray": (lambda: PairSampler(augment_anchor=True),
                                   lambda: preset("none", EVERY_OP, *SOME_AT_P), 1),
     "multiview-every-operation-rgb": (MultiViewSampler, lambda: preset("none", EVERY_OP, *SOME_AT_P), 3),
+    "multiview-multicrop-rgb": (lambda: MultiViewSampler(local_views=6), lambda: preset("multicrop"), 3),
 }
 
 
@@ -68,7 +69,7 @@ def test_compile_auto_compiles_the_batch_builder_on_cuda_only():
 
 @pytest.mark.slow  # inductor compiles each builder's shape in C++: 10-20 s each on 2 cores
 @pytest.mark.parametrize("name", ["triplet-simclr-rgb", "pair-guo-gray", "multiview-simclr-rgb",
-                                  "multiview-every-operation-rgb"])
+                                  "multiview-every-operation-rgb", "multiview-multicrop-rgb"])
 def test_the_compiled_builder_builds_the_eager_builders_batches(name):
     """Compiled, the builder runs the eager arithmetic in fused kernels whose float32 rounding may differ (fused
     multiply-adds, reordered sums): the images, in [-1, 1], agree within 1e-5 (a few float32 steps at 1, or a
@@ -83,7 +84,9 @@ def test_the_compiled_builder_builds_the_eager_builders_batches(name):
     for shape in shapes:
         for ours, reference in zip(batches(compiled, **shape), batches(eager, **shape)):
             torch.testing.assert_close(ours.images, reference.images, rtol=0, atol=1e-5)
-            assert ours.views == reference.views
+            assert ours.views == reference.views and ours.local_views == reference.local_views
+            if reference.local_images is not None:
+                torch.testing.assert_close(ours.local_images, reference.local_images, rtol=0, atol=1e-5)
             for field in ("target", "labels"):
                 assert (getattr(ours, field) is None) == (getattr(reference, field) is None)
                 if getattr(ours, field) is not None:

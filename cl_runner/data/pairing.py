@@ -94,6 +94,7 @@ class TupleSampler(ABC):
 
     name = ""
     views = 0
+    local_views = 0  # multi-crop's (MultiViewSampler)
 
     def __init__(self, fixed_views: bool = False, negatives: str = "label_aware", augment_anchor: bool = False):
         if negatives not in NEGATIVES:
@@ -128,6 +129,8 @@ class TupleSampler(ABC):
         process's `rows` of them (a distributed run); views draw from `streams.augment`, negatives from
         `streams.negatives`, both for all of `ids`."""
         images, target, labels = self.build(ids, self.draws(ids, streams), rows or slice(0, len(ids)))
+        if isinstance(images, tuple):  # the views and multi-crop's local views
+            return TupleBatch(images[0], self.views, target, labels, images[1], self.local_views)
         return TupleBatch(images, self.views, target, labels)
 
     def anchor_labels(self, ids: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -141,8 +144,9 @@ class TupleSampler(ABC):
     @abstractmethod
     def inputs(self, ids: torch.Tensor, draws: Draws, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None,
                                                                           torch.Tensor | None]:
-        """The `rows` of the batch of `ids` from its `draws`: normalized images stacked by view, the target
-        (pairs) and the labels (label-aware multi-view), without a generator."""
+        """The `rows` of the batch of `ids` from its `draws`: normalized images stacked by view (a pair of such
+        stacks with multi-crop's local views: the views, the local views), the target (pairs) and the labels
+        (label-aware), without a generator."""
 
     def view_draws(self, n: int, generator: torch.Generator, view: int) -> Uniforms:
         """The draws of n freshly augmented views, as view `view` of their tuples."""
@@ -250,32 +254,49 @@ class PairSampler(TupleSampler):
 class MultiViewSampler(TupleSampler):
     """k augmented views of every image (SimCLR's setting, Chen et al. 2020): the other images of the batch
     are the negatives. With `negatives=label_aware` the batch carries the labels, so a loss can leave
-    same-class images out of the negatives; with `random` it does not (the unsupervised setting)."""
+    same-class images out of the negatives; with `random` it does not (the unsupervised setting).
+
+    `local_views`: multi-crop (Caron et al. 2020, SwAV section 3.2): that many more views of each image, views
+    `views` and on, whose pipelines (aug.views) may crop them to a smaller size (aug.ops.crop.size); the batch
+    carries them apart (TupleBatch.local_images), as a stack of another size."""
 
     name = "multiview"
 
-    def __init__(self, views: int = 2, negatives: str = "random", fixed_views: bool = False,
+    def __init__(self, views: int = 2, local_views: int = 0, negatives: str = "random", fixed_views: bool = False,
                  augment_anchor: bool = True):
         super().__init__(fixed_views=fixed_views, negatives=negatives, augment_anchor=augment_anchor)
         if views < 2:
             raise ConfigError(f"pairing.views must be at least 2, got {views}")
+        if isinstance(local_views, bool) or not isinstance(local_views, int) or local_views < 0:
+            raise ConfigError(f"pairing.local_views must be an integer >= 0 (0: no multi-crop), got {local_views!r}")
         if fixed_views:
             raise ConfigError("pairing.fixed_views is for pairs and triplets: multi-view needs fresh views")
-        self.views = views
+        self.views, self.local_views = views, local_views
 
     def tuples_per_epoch(self) -> int:
         return len(self.train)
 
     def augmented_views(self) -> list[int]:
-        return list(range(0 if self.augment_anchor else 1, self.views))
+        return list(range(0 if self.augment_anchor else 1, self.views + self.local_views))
+
+    def local_view_sample(self) -> ImageSet:
+        """One local view of the first training image, as pixels: what the encoder must take (a size check)."""
+        generator = torch.Generator(self.train.images.device).manual_seed(0)
+        first = torch.zeros(1, dtype=torch.long, device=self.train.images.device)
+        view = self.augmented(first, self.view_draws(1, generator, self.views), slice(0, 1), self.views)
+        return ImageSet(view.mul(255).round_().to(torch.uint8), None, [])
 
     def draws(self, ids, streams) -> Draws:
         n = len(ids)
         return {"first": self.anchor_draws(n, streams.augment),  # a clean first view unless augment_anchor
-                "others": [self.positive_draws(n, streams.augment, view) for view in range(1, self.views)]}
+                "others": [self.positive_draws(n, streams.augment, view)
+                           for view in range(1, self.views + self.local_views)]}  # the local views' last
 
     def inputs(self, ids, draws, rows):
         first = self.anchor_views(ids, draws["first"], rows)
         others = [self.positive_views(ids, drawn, rows, view) for view, drawn in enumerate(draws["others"], 1)]
         labels = self.train.labels[ids[rows]] if self.negative_kind == "label_aware" else None
-        return normalize(torch.cat([first, *others])), None, labels
+        views = normalize(torch.cat([first, *others[:self.views - 1]]))
+        if not self.local_views:
+            return views, None, labels
+        return (views, normalize(torch.cat(others[self.views - 1:]))), None, labels

@@ -31,7 +31,8 @@ Encode = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 class Loss(nn.Module):
     """Base of every loss. Class attributes state what it trains on, checked before any work:
     `pairings` (the pairing names it accepts), `needs_labels` (class labels: negatives=label_aware) and
-    `two_views` (exactly two views per image); `in_batch`: the loss of a tuple depends on the batch's other
+    `two_views` (exactly two views per image), `local_views` (it takes multi-crop's smaller views too, after the
+    others: `embed_views`); `in_batch`: the loss of a tuple depends on the batch's other
     tuples, so a distributed run gathers the global batch's embeddings for it. `classes`: what the run tells
     the loss of its data before `setup` (a classifier's size)."""
 
@@ -39,6 +40,7 @@ class Loss(nn.Module):
     needs_labels = False
     two_views = False
     in_batch = False
+    local_views = False  # takes multi-crop's smaller views after the batch's others (pairing.local_views)
     classes = 0  # the training data's number of classes (0: unlabelled), set before `setup`
 
     def __init__(self):
@@ -52,7 +54,7 @@ class Loss(nn.Module):
     def training_loss(self, encoder: nn.Module, batch: TupleBatch, share: BatchShare, encode: Encode
                       ) -> torch.Tensor:
         """The loss of one training step (a scalar with gradients) on this process's `share` of the batch."""
-        z = encode(encoder, batch.images)  # views x tuples x dim
+        z = embed_views(encoder, batch, encode)  # views x tuples x dim
         if self.in_batch:
             return self(distributed.gather(z, dim=1, sizes=share.sizes),
                         distributed.gather_constant(batch.target, sizes=share.sizes),
@@ -61,6 +63,13 @@ class Loss(nn.Module):
 
     def after_step(self, encoder: nn.Module, progress: float) -> None:
         """Called after each optimizer step; `progress` is the share of all training steps done, in (0, 1]."""
+
+
+def embed_views(encoder: nn.Module, batch: TupleBatch, encode: Encode) -> torch.Tensor:
+    """The embeddings of all of a batch's views, [views + local_views, tuples, dim]: the views of one size in one
+    pass, multi-crop's smaller local views (if any) in another, after them."""
+    z = encode(encoder, batch.images)
+    return z if batch.local_images is None else torch.cat([z, encode(encoder, batch.local_images)])
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from cl_runner import distributed
 from cl_runner.errors import ConfigError
+from cl_runner.losses.base import embed_views
 from cl_runner.losses.momentum import _MomentumEncoder
 
 GLOBAL_VIEWS = 2  # the views the teacher sees: the first two (the paper's global crops)
@@ -50,10 +51,9 @@ def _setting(name: str, value, allowed: str, ok) -> None:
 class DINOLoss(_MomentumEncoder):
     """DINO (Caron et al. 2021, Algorithm 1 and eq. 3): the student's logits of every view against the teacher's
     of the two global views (the first two), H(P_t(x_i), P_s(x_j)) averaged over the pairs i in {1, 2}, j any
-    view, j != i, and over the tuples. Only same-size views exist here; views that only the student sees (the
-    paper's local crops) are views 3 and on. `forward` takes logits, so crops of other sizes would only change how
-    `training_loss` encodes them; as `encode` reshapes to all of the batch's views, the teacher encodes them all
-    and keeps the global ones (its batch norm sees every view).
+    view, j != i, and over the tuples. The views that only the student sees (the paper's local crops) are views 3
+    and on of the batch's views, then multi-crop's smaller local views (pairing.local_views); the teacher encodes
+    the batch's views of the global size and keeps the first two (its batch norm sees all of that size).
 
     - Teacher: `momentum_encoder`, a momentum copy of the encoder and the head together (`momentum_encoder[0]`,
       `[1]`), updated after every step, theta_t <- lambda theta_t + (1 - lambda) theta_s, lambda on BYOL's cosine
@@ -68,6 +68,7 @@ class DINOLoss(_MomentumEncoder):
     `in_batch`, a mean over this process's tuples weighted by `share.weight`."""
 
     pairings = ("multiview",)
+    local_views = True
 
     def __init__(self, epochs: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  student_temperature: float = 0.1, teacher_temperature: float = 0.07,
@@ -97,7 +98,7 @@ class DINOLoss(_MomentumEncoder):
         if batch.views < GLOBAL_VIEWS:
             raise ConfigError(f"loss=dino compares views of each image: it needs pairing.views >= {GLOBAL_VIEWS}, "
                               f"not {batch.views}")
-        student = logits(self.head, encode(encoder, batch.images))  # views x tuples x out_dim
+        student = logits(self.head, embed_views(encoder, batch, encode))  # views x tuples x out_dim
         with torch.no_grad():
             teacher_encoder, teacher_head = self.momentum_encoder
             teacher = logits(teacher_head, encode(teacher_encoder, batch.images)[:GLOBAL_VIEWS])

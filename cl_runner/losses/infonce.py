@@ -44,6 +44,7 @@ class _InBatchContrastive(Loss, ABC):
 
     pairings = ("multiview",)
     in_batch = True
+    local_views = True
 
     def __init__(self, temperature: float, similarity: str = "cosine"):
         super().__init__()

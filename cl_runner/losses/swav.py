@@ -11,7 +11,7 @@ from torch import nn
 
 from cl_runner import distributed
 from cl_runner.errors import ConfigError
-from cl_runner.losses.base import Loss
+from cl_runner.losses.base import Loss, embed_views
 
 CODE_VIEWS = 2  # the views whose codes are predicted: the first two (the paper's two full-resolution crops)
 
@@ -40,7 +40,7 @@ class SwAVLoss(Loss):
     embeddings z (l2-normalized) are scored against the prototypes c_k, the l2-normalized rows of a linear layer
     without bias, s = z C^T; the codes q_i of the first two views are `sinkhorn` of their scores (no gradient); and
     the loss is the mean over the pairs (i, v), i in {1, 2}, v != i, of l(z_v, q_i) = -sum_k q_i^(k) log p_v^(k),
-    p_v = softmax(s_v / T), averaged over the batch. Further views (all of one size here) only predict. `in_batch`:
+    p_v = softmax(s_v / T), averaged over the batch. Further views, and multi-crop's local views, only predict. `in_batch`:
     the codes split the global batch, so every process computes them from the whole global batch's embeddings.
 
     After `queue_start_epochs` epochs, the code views' embeddings also go into a queue per view of the last
@@ -53,6 +53,7 @@ class SwAVLoss(Loss):
 
     pairings = ("multiview",)
     in_batch = True
+    local_views = True
 
     def __init__(self, epochs: int, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iterations: int = 3,
                  num_prototypes: int = 3000, queue_size: int = 3840, queue_start_epochs: float = 15,
@@ -81,7 +82,7 @@ class SwAVLoss(Loss):
         self.register_buffer("queue", torch.zeros(CODE_VIEWS, self.queue_size, encoder.output_dim))
 
     def training_loss(self, encoder, batch, share, encode):
-        z = distributed.gather(encode(encoder, batch.images), dim=1, sizes=share.sizes)  # the global batch
+        z = distributed.gather(embed_views(encoder, batch, encode), dim=1, sizes=share.sizes)  # the global batch
         loss = self(z)
         if self.queue_size and self.reached(self.queue_start_epochs):
             self.enqueue(F.normalize(z[:CODE_VIEWS].detach(), dim=-1))

@@ -88,7 +88,8 @@ class Augmentation:
         which = ", ".join(map(str, augmented)) or "none"
         raise ConfigError(f"aug.views gives {len(self.pipelines)} pipelines, one per view, but pairing={pairing} "
                           f"augments {len(augmented)} view(s) (number {which}; 0 is the anchor, which "
-                          "pairing.augment_anchor=true augments too): give one pipeline for all views, or one for each")
+                          "pairing.augment_anchor=true augments too; multi-view: pairing.views and pairing.local_views "
+                          "say how many): give one pipeline for all views, or one for each")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented views as the positive (view 1) gets them."""

@@ -16,13 +16,20 @@ CROP_ATTEMPTS = 10  # RandomResizedCrop's tries at a box that fits before its ce
 
 
 class RandomResizedCrop(Operation):
-    """torchvision's RandomResizedCrop back to the image's own side (SimCLR, Chen et al. 2020, appendix A): a box
-    of a random area fraction in `scale` and log-uniform aspect ratio in `ratio`, resized bilinearly."""
+    """torchvision's RandomResizedCrop (SimCLR, Chen et al. 2020, appendix A): a box of a random area fraction in
+    `scale` and log-uniform aspect ratio in `ratio`, resized bilinearly back to the image's own side, or to `size`
+    x `size` pixels (multi-crop's smaller views, Caron et al. 2020; then always applied: p = 1)."""
 
-    def __init__(self, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p: float = 1.0):
+    def __init__(self, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), size: int | None = None, p: float = 1.0):
         super().__init__(p)
         self.scale = check_range("scale", scale, 0.0, 1.0, open_low=True)
         self.ratio = check_range("ratio", ratio, 0.0, open_low=True)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"size={size!r} is not allowed: size must be null (the image's side) or pixels >= 1")
+        if size is not None and p != 1:
+            raise ConfigError(f"size={size} with p={p} is not allowed: a crop to another size applies to every "
+                              "image (p: 1)")
+        self.size = size
 
     def own_uniforms(self, n, shape, generator, device) -> Params:
         """The area and aspect of `CROP_ATTEMPTS` tries per image, then the box's position."""
@@ -34,7 +41,7 @@ class RandomResizedCrop(Operation):
         return {"boxes": self.crop_boxes(uniforms["area"], uniforms["aspect"], uniforms["position"], *size)}
 
     def transform(self, images, params, sync_free):
-        return crop_resize_flip(images, params["boxes"])
+        return crop_resize_flip(images, params["boxes"], size=self.size)
 
     def fuse(self, following):
         if isinstance(following, HorizontalFlip) and self.p == 1:
@@ -102,27 +109,29 @@ class CropResizeFlip(Operation):
         return params
 
     def transform(self, images, params, sync_free):
-        return crop_resize_flip(images, params["boxes"], params.get("flips", True))  # p = 1: every image
+        return crop_resize_flip(images, params["boxes"], params.get("flips", True), self.crop.size)  # p = 1: all
 
 
-def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | bool = False) -> torch.Tensor:
-    """Crop each image to its box (top, left, h, w) [B, 4], resize to the full side (bilinear, edge pixels
-    repeated past the box as torchvision's resize does) and mirror it where `flips` [B] is set (True: every
-    image): one warp.
+def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | bool = False,
+                     size: int | None = None) -> torch.Tensor:
+    """Crop each image to its box (top, left, h, w) [B, 4], resize to the full side or to `size` x `size`
+    (bilinear, edge pixels repeated past the box as torchvision's resize does) and mirror it where `flips` [B] is
+    set (True: every image): one warp.
 
     The map is axis-aligned, so its sampling grid (normalized coordinates, align_corners=False) is built from
     one column and one row coordinate per sample, each clamped to the centres of the box's outer pixels."""
     n, _, height, width = images.shape
+    out_h, out_w = (height, width) if size is None else (size, size)
     top, left, h, w = (v[:, None] for v in boxes.unbind(1))
-    cols = torch.arange(width, device=images.device, dtype=images.dtype).add_(0.5)  # pixel centres
-    rows = torch.arange(height, device=images.device, dtype=images.dtype).add_(0.5)
+    cols = torch.arange(out_w, device=images.device, dtype=images.dtype).add_(0.5)  # output pixel centres
+    rows = torch.arange(out_h, device=images.device, dtype=images.dtype).add_(0.5)
     if isinstance(flips, torch.Tensor):
-        cols = torch.where(flips[:, None], width - cols, cols)
+        cols = torch.where(flips[:, None], out_w - cols, cols)
     elif flips:
-        cols = width - cols
-    x = (left + cols * (w / width)).clamp_(left + 0.5, left + w - 0.5).mul_(2 / width).sub_(1)  # [B, W]
-    y = (top + rows * (h / height)).clamp_(top + 0.5, top + h - 0.5).mul_(2 / height).sub_(1)  # [B, H]
-    grid = torch.stack([x[:, None, :].expand(n, height, width), y[:, :, None].expand(n, height, width)], dim=-1)
+        cols = out_w - cols
+    x = (left + cols * (w / out_w)).clamp_(left + 0.5, left + w - 0.5).mul_(2 / width).sub_(1)  # [B, out_w]
+    y = (top + rows * (h / out_h)).clamp_(top + 0.5, top + h - 0.5).mul_(2 / height).sub_(1)  # [B, out_h]
+    grid = torch.stack([x[:, None, :].expand(n, out_h, out_w), y[:, :, None].expand(n, out_h, out_w)], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -84,11 +84,34 @@ def tsne_outputs(coords: np.ndarray | None, run_dir: Path, test_x: np.ndarray, t
 
 def final_outputs(run_dir: Path, metrics: dict, protocol: str, classes: list[str], title: str,
                   encoder: torch.nn.Module) -> None:
-    """The confusion matrix of `protocol`'s linear probe as a figure (when it ran) and the encoder's weights."""
+    """The confusion matrix of `protocol`'s linear probe as a figure (when it ran) and the encoder's weights; for a
+    backbone that is a torchvision model (encoder=resnet18, encoder=torchvision) also that model's own state dict,
+    which torchvision's builder of the same model loads without cl-runner (README, "Using what you trained")."""
     if protocol in metrics:
         save_confusion_png(run_dir / "confusion_matrix.png", metrics[protocol]["confusion_matrix"], classes,
                            f"{title}: linear probe, {protocol} protocol, top-1 {metrics[protocol]['linear_top1']:.3f}")
     save_weights(encoder, run_dir / "encoder.pt")
+    torchvision_net = getattr(getattr(encoder, "backbone", None), "net", None)
+    if torchvision_net is not None:
+        save_weights(torchvision_net, run_dir / TORCHVISION_FILE)
+
+
+TORCHVISION_FILE = "backbone_torchvision.pt"
+
+
+def save_embeddings(run_dir: Path, splits: dict[str, tuple[np.ndarray, torch.Tensor | None]]) -> None:
+    """embeddings_SPLIT.npy [N, D] float32 and, where the split is labelled, labels_SPLIT.npy [N] int64, for each
+    split name -> (embeddings, labels): for analysis elsewhere (numpy.load, no pickles)."""
+    for split, (embeddings, labels) in splits.items():
+        atomic.write_bytes(run_dir / f"embeddings_{split}.npy", npy_bytes(np.asarray(embeddings, dtype=np.float32)))
+        if labels is not None:
+            atomic.write_bytes(run_dir / f"labels_{split}.npy", npy_bytes(labels.cpu().numpy().astype(np.int64)))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def pyplot():

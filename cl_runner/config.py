@@ -86,6 +86,7 @@ RULES: list[Rule] = [
     ("eval.monitor_every", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no online monitoring)"),
     ("eval.monitor_bank", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("train.stop_on_collapse", lambda v: isinstance(v, bool), "true or false"),
+    ("export.embeddings", lambda v: isinstance(v, bool), "true or false"),
 ]
 # keys of some options only (checked where the chosen ones have them; a class of ours checks its own settings)
 OPTION_RULES: list[Rule] = [

@@ -142,6 +142,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
     with clock("export_s"):
         export.final_outputs(run_dir, metrics, cfg.eval.protocols[0], data.test.classes,
                              export.scenario_title(choices), parts.encoder)
+        if cfg.export.embeddings:
+            probe = embedded.probe if embedded.probe is not None else \
+                evaluate.embed(parts.encoder, data.probe.images, cfg.eval.features)
+            export.save_embeddings(run_dir, {"test": (embedded.test, data.test.labels),
+                                             "train": (probe, data.probe.labels)})
     clock.seconds["total_s"] = time.perf_counter() - clock.started
     atomic.write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -10,7 +10,7 @@ import yaml
 import cl_runner
 from cl_runner import evaluate
 from cl_runner.data.datasets import read_digits
-from conftest import TINY, main_here
+from conftest import TINY, main_here, run_main
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,19 @@ def test_a_folder_without_a_finished_run_or_with_a_foreign_class_is_refused(run_
     assert not marker.exists()
     with pytest.raises(AttributeError, match="has no attribute 'load_encodr'"):
         cl_runner.load_encodr
+
+
+def test_export_embeddings_writes_the_evaluated_embeddings_and_labels_as_plain_npy(tmp_path, capfd):
+    code, _, err = run_main([*TINY, "eval.tsne_points=0", "eval.protocols=[paper]", "export.embeddings=true",
+                             "hydra.run.dir=run"], tmp_path, capfd)
+    assert code == 0, err[-2000:]
+    run = tmp_path / "run"
+    test = np.load(run / "embeddings_test.npy", allow_pickle=False)
+    train = np.load(run / "embeddings_train.npy", allow_pickle=False)  # embedded for the export: no standard probe
+    digits_test, digits_train = read_digits("test"), read_digits("train")
+    assert test.shape == (360, 32) and train.shape == (1437, 32) and test.dtype == np.float32
+    assert np.allclose(test, cl_runner.embed(run, digits_test.images), atol=1e-6)
+    assert np.array_equal(np.load(run / "labels_test.npy"), digits_test.labels.numpy())
+    assert np.array_equal(np.load(run / "labels_train.npy"), digits_train.labels.numpy())
+    code, _, err = run_main([*TINY, "export.embeddings=yes", "hydra.run.dir=refused"], tmp_path, capfd)
+    assert code != 0 and err.strip().splitlines()[-1].endswith("export.embeddings must be true or false")

@@ -209,3 +209,25 @@ def test_the_figure_draws_only_the_protocols_the_jobs_ran(sweep):
     report.build_report(sweep)
     one = Image.open(sweep / "results.png").size
     assert one[1] == both[1] and one[0] < 0.6 * both[0]  # one panel, not an empty one beside it
+
+
+def test_a_sweep_grown_by_jobs_with_another_override_keeps_its_matrix(tmp_path):
+    """A job that does not set a factor the others set (a sweep grown with another override) is that factor's
+    default level, not None (which broke the matrix's table with a TypeError)."""
+    number = 0
+    for aug, loss in [("guo", "cosine_embedding"), ("guo", "triplet"), ("simclr", "cosine_embedding")]:
+        for seed in range(2):
+            write_job(tmp_path, number, seed, loss, 0.7 + 0.01 * number, BASELINE[seed], aug=aug)
+            number += 1
+    for seed in range(2):  # grown: no aug= on its command line
+        write_job(tmp_path, number, seed, "triplet", 0.9, BASELINE[seed])
+        folder = next(tmp_path.glob(f"{number}_*"))
+        (folder / "overrides.yaml").write_text(yaml.safe_dump(["loss=triplet", f"seed={seed}"]))
+        for name in ("status.json", "metrics.json"):
+            content = json.loads((folder / name).read_text())
+            content["scenario"].pop("aug")
+            (folder / name).write_text(json.dumps(content))
+        number += 1
+    report.build_report(tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Matrix: aug (rows) x loss (columns)" in text and "| (default) |" in text

@@ -28,6 +28,13 @@ class Matrix:
     random_init: float | None
 
 
+UNSET = "(default)"  # the level of a factor in a job that did not set it (a sweep grown with another override)
+
+
+def level(job: Job, factor: str) -> str:
+    return job.factors.get(factor, UNSET)
+
+
 def two_factors(jobs: list[Job]) -> tuple[str, str] | None:
     """The two factors that vary across the completed jobs, the data set aside, in the sweep's order; None when
     the sweep does not vary exactly two. Factors whose levels go one to one are one factor (a loss and the
@@ -35,14 +42,14 @@ def two_factors(jobs: list[Job]) -> tuple[str, str] | None:
     done = [j for j in jobs if j.completed]
     names = list(dict.fromkeys(k for j in done for k in j.factors))
     varying: list[str] = []
-    for name in (n for n in names if n != "dataset" and len({j.factors.get(n) for j in done}) > 1):
+    for name in (n for n in names if n != "dataset" and len({level(j, n) for j in done}) > 1):
         same = [v for v in varying if _one_to_one(done, v, name)]
         varying = [v for v in varying if v not in same] + [name]
     return (varying[0], varying[1]) if len(varying) == 2 else None
 
 
 def _one_to_one(jobs: list[Job], a: str, b: str) -> bool:
-    pairs = {(j.factors.get(a), j.factors.get(b)) for j in jobs}
+    pairs = {(level(j, a), level(j, b)) for j in jobs}
     return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
 
 
@@ -55,8 +62,8 @@ def matrices(jobs: list[Job], protocol: str, name: str) -> dict[str, Matrix]:
     found = {}
     for dataset in dict.fromkeys(j.factors.get("dataset", "") for j in done):
         mine = [j for j in done if j.factors.get("dataset", "") == dataset]
-        rows, columns = (list(dict.fromkeys(j.factors.get(f) for j in mine)) for f in factors)
-        cells = [[_cell([j for j in mine if j.factors.get(factors[0]) == r and j.factors.get(factors[1]) == c],
+        rows, columns = (list(dict.fromkeys(level(j, f) for j in mine)) for f in factors)
+        cells = [[_cell([j for j in mine if level(j, factors[0]) == r and level(j, factors[1]) == c],
                         protocol, name) for c in columns] for r in rows]
         by_seed = [values([j for j in mine if j.seed == seed], "baseline", protocol, name)
                    for seed in dict.fromkeys(j.seed for j in mine)]

@@ -29,16 +29,18 @@ class Probes:
 
     def linear(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                num_classes: int) -> dict:
-        """The linear probe's top-1 and top-3 accuracy and its confusion matrix (rows: true class, columns:
-        predicted) on the test embeddings."""
+        """The linear probe's top-1 and top-3 accuracy (and top-5 with more than 5 classes, as CIFAR-100's
+        figures are reported) and its confusion matrix (rows: true class, columns: predicted) on the test
+        embeddings."""
         if self.solver == "sklearn":
             scores = self.tensors(sklearn_probe_scores(train_x, train_y, test_x, num_classes))[0]
         else:
             train_x, train_y, test_x = self.tensors(train_x, train_y.astype(np.int64), test_x)
             scores = linear_probe_scores(train_x, train_y, test_x, num_classes)
         labels = self.tensors(test_y.astype(np.int64))[0]
+        top5 = {"linear_top5": top_k_accuracy(scores, labels, 5)} if num_classes > 5 else {}
         return {"linear_top1": top_k_accuracy(scores, labels, 1), "linear_top3": top_k_accuracy(scores, labels, 3),
-                "confusion_matrix": confusion_matrix(labels, scores.argmax(1), num_classes).tolist()}
+                **top5, "confusion_matrix": confusion_matrix(labels, scores.argmax(1), num_classes).tolist()}
 
     def knn(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
             num_classes: int) -> float:

@@ -43,6 +43,25 @@ def test_linear_probe_on_noise_is_near_chance_and_top3_counts_hits_in_the_three_
     x, y = rng.normal(size=(2000, 8)).astype(np.float32), rng.integers(0, 10, 2000)
     result = Probes(solver).linear(x[:1000], y[:1000], x[1000:], y[1000:], num_classes=10)
     assert result["linear_top1"] < 0.2 and 0.2 < result["linear_top3"] < 0.45
+    assert result["linear_top3"] <= result["linear_top5"] and 0.4 < result["linear_top5"] < 0.65  # 10 classes
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_top5_is_reported_with_more_than_five_classes_and_equals_scikit_learns(solver):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(1200, 8)).astype(np.float32), rng.integers(0, 8, 1200)
+    x[:, 0] += y * 0.3  # some signal, so that top-5 is neither chance nor 1
+    probes = Probes(solver)
+    result = probes.linear(x[:600], y[:600], x[600:], y[600:], num_classes=8)
+    scores = linear_scores(solver, x[:600], y[:600], x[600:], 8)
+    assert result["linear_top5"] == pytest.approx(top_k_accuracy_score(y[600:], scores, k=5, labels=range(8)))
+    assert "linear_top5" not in probes.linear(x[:600], y[:600] % 4, x[600:], y[600:] % 4, num_classes=4)
+
+
+def linear_scores(solver: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
+    if solver == "sklearn":
+        return sklearn_probe_scores(train_x, train_y, test_x, num_classes)
+    return linear_probe_scores(t(train_x), t(train_y.astype(np.int64)), t(test_x), num_classes).numpy()
 
 
 def test_top_k_and_confusion_on_a_hand_case_equal_scikit_learns():

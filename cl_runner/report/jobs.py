@@ -13,9 +13,9 @@ from cl_runner import run_folder
 SCENARIO_GROUPS = ("dataset", "aug", "pairing", "loss", "encoder", "optimizer", "schedule", "experiment")
 ALWAYS_SHOWN = ("dataset", "aug", "loss")
 NOT_FACTORS = ("seed", "resume")  # overrides that do not define a scenario
-METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "knn_top1"),
-           ("standard", "linear_top1"), ("standard", "linear_top3"), ("standard", "knn_top1"),
-           ("standard", "cosine_knn_top1")]
+METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "linear_top5"), ("paper", "knn_top1"),
+           ("standard", "linear_top1"), ("standard", "linear_top3"), ("standard", "linear_top5"),
+           ("standard", "knn_top1"), ("standard", "cosine_knn_top1")]
 SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear_top1"), ("standard", "knn_top1"),
            ("standard", "cosine_knn_top1")]
 HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
@@ -23,8 +23,8 @@ HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, 
 DIAGNOSTICS = [("diagnostics", "rankme"), ("diagnostics", "uniformity"), ("diagnostics", "alignment")]
 # the loss's own diagnostics at the last epoch of training (SimCLR's Table 5), where the loss has them
 TRAINING = [("train", "contrastive_accuracy"), ("train", "contrastive_entropy")]
-NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "knn_top1": "kNN", "cosine_knn_top1": "cosine kNN",
-         "rankme": "RankMe", "contrastive_accuracy": "contrastive acc.", "contrastive_entropy": "entropy (nats)"}
+NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "linear_top5": "top-5", "knn_top1": "kNN",
+         "cosine_knn_top1": "cosine kNN", "rankme": "RankMe", "contrastive_accuracy": "contrastive acc.", "contrastive_entropy": "entropy (nats)"}
 
 
 

@@ -28,7 +28,7 @@ class TrainedEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, channels: int):
         super().__init__()
         self.encoder, self.channels = encoder, channels
-        self.eval()
+        self.train(False)  # eval mode, as the run evaluated it
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's input for `images`: uint8 0-255 or float [0, 1] -> float [-1, 1] on the encoder's device."""

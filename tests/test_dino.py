@@ -20,7 +20,7 @@ from cl_runner.train import train_step
 from conftest import REPO
 
 CPU = torch.device("cpu")
-SMALL = dict(out_dim=16, hidden_dim=16, bottleneck_dim=8)
+SMALL = dict(head=dict(out_dim=16, hidden_dim=16, bottleneck_dim=8))
 
 
 class TinyEncoder(nn.Sequential):
@@ -66,7 +66,7 @@ def test_the_loss_equals_algorithm_1(views):
     g = torch.Generator().manual_seed(0)
     student = torch.randn(views, 5, 16, generator=g, dtype=torch.float64)
     teacher = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
-    loss = DINOLoss(epochs=1, teacher_temperature=0.05, warmup_teacher_epochs=0, **SMALL).double()
+    loss = DINOLoss(epochs=1, teacher_temperature=dict(end=0.05, warmup_epochs=0), **SMALL).double()
     loss.center.copy_(torch.randn(16, generator=g))
     expected = algorithm_1(student, teacher, loss.center, 0.1, 0.05)
     assert loss(student, teacher).item() == pytest.approx(expected.item(), rel=1e-12)
@@ -89,7 +89,7 @@ def test_hand_computed_cross_entropy_with_centring_and_sharpening():
     c, half = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([math.log(2), 0.0, 0.0])
     teacher = torch.stack([torch.stack([c, c]), torch.stack([c + 0.5 * half, c])])  # views x tuples x 3
     student = torch.stack([torch.zeros(2, 3), torch.stack([0.1 * half, torch.zeros(3)])])
-    loss = DINOLoss(epochs=1, out_dim=3, teacher_temperature=0.5, warmup_teacher_epochs=0)
+    loss = DINOLoss(epochs=1, head=dict(out_dim=3), teacher_temperature=dict(end=0.5, warmup_epochs=0))
     loss.center.copy_(c)
     # tuple 1: H(uniform, (1/2, 1/4, 1/4)) = (ln 2 + 2 ln 4) / 3 = 5/3 ln 2 and H((1/2, 1/4, 1/4), uniform) = ln 3;
     # tuple 2: all uniform, ln 3 twice; the mean of the four
@@ -109,7 +109,7 @@ def test_the_center_follows_the_teachers_mean_by_ema_and_keeps_the_teacher_from_
     # one tuple per class, each logit vector dominated by dimension 0: uncentred, every target puts its mass on
     # dimension 0; once the center has learnt the mean, each tuple's target falls on its own dimension
     logits = (5 * F.one_hot(torch.zeros(4, dtype=torch.long), 4) + torch.eye(4)).double()[None]
-    toy = DINOLoss(epochs=1, out_dim=4).double()
+    toy = DINOLoss(epochs=1, head=dict(out_dim=4)).double()
     assert toy.targets(logits).argmax(-1).tolist() == [[0, 0, 0, 0]]
     for _ in range(100):
         toy.update_center(logits.mean(dim=(0, 1)))
@@ -117,18 +117,17 @@ def test_the_center_follows_the_teachers_mean_by_ema_and_keeps_the_teacher_from_
 
 
 def test_the_teacher_temperature_warms_up_linearly_then_stays_and_resumes_from_a_state_dict():
-    encoder, loss = encoder_and_loss(epochs=10, warmup_teacher_temperature=0.04, teacher_temperature=0.07,
-                                     warmup_teacher_epochs=4)
+    encoder, loss = encoder_and_loss(epochs=10, teacher_temperature=dict(start=0.04, end=0.07, warmup_epochs=4))
     assert loss.teacher_temperature_now().item() == pytest.approx(0.04)  # the first step
     loss.after_step(encoder, 0.2)  # 2 of 10 epochs done: half-way through the warm-up
     assert loss.teacher_temperature_now().item() == pytest.approx(0.055)
-    resumed = encoder_and_loss(epochs=10, warmup_teacher_temperature=0.04, teacher_temperature=0.07,
-                               warmup_teacher_epochs=4)[1]
+    resumed = encoder_and_loss(epochs=10, teacher_temperature=dict(start=0.04, end=0.07, warmup_epochs=4))[1]
     resumed.load_state_dict(loss.state_dict())
     assert resumed.teacher_temperature_now().item() == pytest.approx(0.055)
     loss.after_step(encoder, 0.5)
     assert loss.teacher_temperature_now().item() == pytest.approx(0.07)
-    assert DINOLoss(epochs=10, warmup_teacher_epochs=0).teacher_temperature_now().item() == pytest.approx(0.07)
+    no_warmup = DINOLoss(epochs=10, teacher_temperature=dict(warmup_epochs=0))
+    assert no_warmup.teacher_temperature_now().item() == pytest.approx(0.07)
 
 
 def test_the_teacher_gets_no_gradient_and_follows_the_student_by_ema_and_the_prototypes_train():
@@ -173,16 +172,20 @@ def test_the_config_takes_the_runs_epochs_and_multiview():
         cfg = compose("config", overrides=["loss=dino", "epochs=7"])
     assert cfg.pairing._target_.endswith("MultiViewSampler")
     loss = instantiate(cfg.loss)
-    assert isinstance(loss, DINOLoss) and loss.epochs == 7 and loss.out_dim == 4096
+    assert isinstance(loss, DINOLoss) and loss.epochs == 7 and loss.head_size.out_dim == 4096
 
 
 @pytest.mark.parametrize("setting, key", [
-    ({"student_temperature": 0}, "student_temperature"), ({"teacher_temperature": -0.1}, "teacher_temperature"),
-    ({"warmup_teacher_temperature": 0.0}, "warmup_teacher_temperature"), ({"center_momentum": 1.0}, "center_momentum"),
-    ({"center_momentum": -0.1}, "center_momentum"), ({"out_dim": 1}, "out_dim"), ({"out_dim": 4.0}, "out_dim"),
-    ({"warmup_teacher_epochs": -1}, "warmup_teacher_epochs"), ({"epochs": -1}, "epochs"),
-    ({"hidden_dim": 0}, "hidden_dim"), ({"bottleneck_dim": True}, "bottleneck_dim"),
-    ({"student_temperature": float("nan")}, "student_temperature")])
+    ({"student_temperature": 0}, "student_temperature"),
+    ({"teacher_temperature": {"end": -0.1}}, "teacher_temperature.end"),
+    ({"teacher_temperature": {"start": 0.0}}, "teacher_temperature.start"),
+    ({"center_momentum": 1.0}, "center_momentum"),
+    ({"center_momentum": -0.1}, "center_momentum"), ({"head": {"out_dim": 1}}, "head.out_dim"),
+    ({"head": {"out_dim": 4.0}}, "head.out_dim"),
+    ({"teacher_temperature": {"warmup_epochs": -1}}, "teacher_temperature.warmup_epochs"), ({"epochs": -1}, "epochs"),
+    ({"head": {"hidden_dim": 0}}, "head.hidden_dim"), ({"head": {"bottleneck_dim": True}}, "head.bottleneck_dim"),
+    ({"student_temperature": float("nan")}, "student_temperature"),
+    ({"head": {"width": 3}}, "head"), ({"teacher_temperature": 0.07}, "teacher_temperature")])
 def test_refusals_name_the_key(setting, key):
     with pytest.raises(ConfigError, match=f"^loss.{key} must be"):
         DINOLoss(**{"epochs": 10, **setting})

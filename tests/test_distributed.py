@@ -50,7 +50,7 @@ def make_loss(case: str) -> nn.Module:
     overrides = {"moco": {"queue_size": 64}, "imix_moco": {"queue_size": 64}, "byol": {"predictor_hidden": 16},
                  "imix_byol": {"predictor_hidden": 16}, "simsiam": {"predictor_hidden": 16},
                  "swav": {"epochs": 4, "num_prototypes": 5, "queue_size": 20, "queue_start_epochs": 0},
-                 "dino": {"epochs": 2, "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}}
+                 "dino": {"epochs": 2, "head": {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}}}
     return instantiate(cfg, **overrides.get(name, {}))
 
 

@@ -6,6 +6,8 @@ softmax(g_s(x') / tau_s), tau_t < tau_s."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,36 @@ class DINOHead(nn.Module):
         return self.prototypes(F.normalize(self.mlp(x), dim=-1))
 
 
+@dataclass(frozen=True)
+class HeadSize:
+    """DINOHead's widths (`loss.head`): solo-learn's CIFAR recipe (the paper's ImageNet head has 65536 prototypes)."""
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 4096
+
+
+@dataclass(frozen=True)
+class TeacherTemperature:
+    """tau_t's schedule (`loss.teacher_temperature`): linear from `start` to `end` over the first `warmup_epochs`
+    of the run, then `end` (the paper's 0.04 -> 0.07 over 30 epochs)."""
+
+    start: float = 0.04
+    end: float = 0.07
+    warmup_epochs: float = 30
+
+
+def _group(cls, value, key: str):
+    """A setting group (`cls`, a dataclass) from the config's mapping `value` of loss.`key`, its defaults for
+    the keys it leaves out."""
+    if isinstance(value, cls):
+        return value
+    names = [f.name for f in fields(cls)]
+    if not isinstance(value, Mapping) or set(value) - set(names):
+        raise ConfigError(f"loss.{key} must be a mapping of {', '.join(names)}, got {value!r}")
+    return cls(**value)
+
+
 def _setting(name: str, value, allowed: str, ok) -> None:
     """Refuse `value` for loss.`name` unless it is a number (not a bool) for which `ok` holds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
@@ -58,8 +90,8 @@ class DINOLoss(_MomentumEncoder):
     - Teacher: `momentum_encoder`, a momentum copy of the encoder and the head together (`momentum_encoder[0]`,
       `[1]`), updated after every step, theta_t <- lambda theta_t + (1 - lambda) theta_s, lambda on BYOL's cosine
       schedule from `momentum` to `final_momentum` (the paper's 0.996 -> 1). No gradient reaches it.
-    - Sharpening: tau_s = `student_temperature`; tau_t rises linearly from `warmup_teacher_temperature` to
-      `teacher_temperature` over the first `warmup_teacher_epochs` of the run's `epochs` (step by step, where the
+    - Sharpening: tau_s = `student_temperature`; tau_t rises linearly from `teacher_temperature.start` to
+      `.end` over the first `.warmup_epochs` of the run's `epochs` (TeacherTemperature; step by step, where the
       code steps per epoch), then stays. The last progress of `after_step` is a buffer: a resumed run continues.
     - Centring: c <- m c + (1 - m) mean of the teacher's logits over both global views of the global batch
       (m = `center_momentum`), after the step's loss; a buffer, equal on every process.
@@ -70,28 +102,30 @@ class DINOLoss(_MomentumEncoder):
     pairings = ("multiview",)
     local_views = True
 
-    def __init__(self, epochs: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 student_temperature: float = 0.1, teacher_temperature: float = 0.07,
-                 warmup_teacher_temperature: float = 0.04, warmup_teacher_epochs: float = 30,
+    def __init__(self, epochs: int, head: HeadSize | Mapping = HeadSize(), student_temperature: float = 0.1,
+                 teacher_temperature: TeacherTemperature | Mapping = TeacherTemperature(),
                  center_momentum: float = 0.9, momentum: float = 0.996, final_momentum: float = 1.0):
         super().__init__(momentum, final_momentum)
-        for name, value in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature),
-                            ("warmup_teacher_temperature", warmup_teacher_temperature)):
+        self.head_size = _group(HeadSize, head, "head")
+        self.teacher_schedule = _group(TeacherTemperature, teacher_temperature, "teacher_temperature")
+        for name, value in (("student_temperature", student_temperature),
+                            ("teacher_temperature.start", self.teacher_schedule.start),
+                            ("teacher_temperature.end", self.teacher_schedule.end)):
             _setting(name, value, "a number > 0", lambda v: 0 < v < math.inf)
         _setting("center_momentum", center_momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        _setting("warmup_teacher_epochs", warmup_teacher_epochs, "a number >= 0", lambda v: 0 <= v < math.inf)
-        for name, value, low in (("epochs", epochs, 0), ("out_dim", out_dim, 2), ("hidden_dim", hidden_dim, 1),
-                                 ("bottleneck_dim", bottleneck_dim, 1)):
+        _setting("teacher_temperature.warmup_epochs", self.teacher_schedule.warmup_epochs, "a number >= 0",
+                 lambda v: 0 <= v < math.inf)
+        for name, value, low in (("epochs", epochs, 0), ("head.out_dim", self.head_size.out_dim, 2),
+                                 ("head.hidden_dim", self.head_size.hidden_dim, 1),
+                                 ("head.bottleneck_dim", self.head_size.bottleneck_dim, 1)):
             _setting(name, value, f"an integer >= {low}", lambda v: isinstance(v, int) and v >= low)
-        self.epochs, self.out_dim, self.hidden_dim, self.bottleneck_dim = epochs, out_dim, hidden_dim, bottleneck_dim
-        self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
-        self.warmup_teacher_temperature, self.warmup_teacher_epochs = warmup_teacher_temperature, warmup_teacher_epochs
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(out_dim))
+        self.epochs, self.student_temperature, self.center_momentum = epochs, student_temperature, center_momentum
+        self.register_buffer("center", torch.zeros(self.head_size.out_dim))
         self.register_buffer("progress", torch.zeros(()))  # share of training done before this step
 
     def setup(self, encoder, batch_size):
-        self.head = DINOHead(encoder.output_dim, self.hidden_dim, self.bottleneck_dim, self.out_dim)
+        size = self.head_size
+        self.head = DINOHead(encoder.output_dim, size.hidden_dim, size.bottleneck_dim, size.out_dim)
         super().setup(nn.ModuleList([encoder, self.head]), batch_size)  # the teacher: a copy of both
 
     def training_loss(self, encoder, batch, share, encode):
@@ -120,10 +154,10 @@ class DINOLoss(_MomentumEncoder):
 
     def teacher_temperature_now(self) -> torch.Tensor:
         """tau_t at this step (a tensor on the buffers' device: reading it needs no host sync)."""
-        if not self.warmup_teacher_epochs:
-            return torch.full_like(self.progress, self.teacher_temperature)
-        warmed = (self.progress * self.epochs / self.warmup_teacher_epochs).clamp(max=1)
-        return self.warmup_teacher_temperature + (self.teacher_temperature - self.warmup_teacher_temperature) * warmed
+        start, end, warmup = self.teacher_schedule.start, self.teacher_schedule.end, self.teacher_schedule.warmup_epochs
+        if not warmup:
+            return torch.full_like(self.progress, end)
+        return start + (end - start) * (self.progress * self.epochs / warmup).clamp(max=1)
 
     @torch.no_grad()
     def update_center(self, batch_center: torch.Tensor) -> None:

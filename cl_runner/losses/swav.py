@@ -10,14 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_runner import distributed
+from cl_runner.config import is_int
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss, embed_views
 
 CODE_VIEWS = 2  # the views whose codes are predicted: the first two (the paper's two full-resolution crops)
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @torch.no_grad()

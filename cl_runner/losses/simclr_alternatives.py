@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from cl_runner.errors import ConfigError
 from cl_runner.losses.base import Loss, contrastive_figures
+from cl_runner.losses.triplet_mining import check_mining
 
 
 def in_batch_similarities(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,11 +34,6 @@ def figures_of(similarity: torch.Tensor, negatives: torch.Tensor, temperature: f
 
 
 MINING = ("none", "semi_hard")
-
-
-def check_mining(mining: str) -> None:
-    if mining not in MINING:
-        raise ConfigError(f"loss.mining must be one of {', '.join(MINING)}, got {mining!r}")
 
 
 @torch.no_grad()
@@ -69,7 +65,7 @@ class NTLogisticLoss(Loss):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
-        check_mining(mining)
+        check_mining(mining, MINING)
         self.temperature, self.mining = temperature, mining
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,
@@ -97,7 +93,7 @@ class InBatchMarginLoss(Loss):
         if not 0 < margin <= 2:
             raise ConfigError(f"loss.margin must lie in (0, 2] (cosine similarities differ by 2 at most), got "
                               f"{margin}")
-        check_mining(mining)
+        check_mining(mining, MINING)
         self.margin, self.mining = margin, mining
 
     def forward(self, z: torch.Tensor, target: torch.Tensor | None = None,

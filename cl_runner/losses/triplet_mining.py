@@ -10,9 +10,10 @@ from cl_runner.errors import ConfigError
 MINING = ("none", "batch_hard", "semi_hard")
 
 
-def check_mining(mining: str) -> None:
-    if mining not in MINING:
-        raise ConfigError(f"loss.mining must be one of {', '.join(MINING)}, got {mining!r}")
+def check_mining(mining: str, allowed: tuple[str, ...] = MINING) -> None:
+    """Refuse a `loss.mining` that is not one of `allowed` (a loss's own: this module's, or SimCLR's)."""
+    if mining not in allowed:
+        raise ConfigError(f"loss.mining must be one of {', '.join(allowed)}, got {mining!r}")
 
 
 def candidates(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 a half-written file behind."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -41,3 +42,12 @@ def _written(tmp: Path, data: bytes) -> Path:
 
 def write_json(path: Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_torch(path: Path, obj, previous: Path | None = None) -> None:
+    """`torch.save(obj)` into `path`, whole or not at all (`previous`: as in `write_bytes`)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue(), previous)

@@ -3,7 +3,6 @@ background while training goes on."""
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import pickle
 import random
@@ -138,9 +137,7 @@ class Checkpointer:
             log.error("the last checkpoint was not written: %s", first_line(failed))
 
     def _write(self, payload: dict) -> None:
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic.write_bytes(self.path, buffer.getvalue(), previous=self.previous)
+        atomic.write_torch(self.path, payload, previous=self.previous)
 
     def restore(self) -> LoopPosition:
         """Load the checkpoint into the bound objects; returns the position to continue from. Only tensors and

@@ -18,13 +18,13 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cl_runner import evaluate
+from cl_runner import evaluation
 from cl_runner.data.datasets import CIFAR100_LABEL_KIND_CHOICES, CIFAR100_LABEL_KINDS, ImageSet, Splits
 from cl_runner.data.augment import Augmentation
 from cl_runner.errors import UserError, first_line
-from cl_runner.evaluate import PROTOCOLS
+from cl_runner.evaluation import PROTOCOLS
+from cl_runner.evaluation.probes import SOLVERS
 from cl_runner.optim import LR_SCALING
-from cl_runner.probes import SOLVERS
 from cl_runner.runtime import COMPILE_AUTO
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,6 +85,14 @@ RULES: list[Rule] = [
     ("eval.tsne_perplexity", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("eval.monitor_every", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no online monitoring)"),
     ("eval.monitor_bank", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval.label_fraction", lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1] (1: every label)"),
+    *[rule for name in ("linear_aug", "finetune") for rule in (
+        (f"eval.{name}.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        (f"eval.{name}.batch_size", lambda v: is_int(v) and v >= 2, "an integer >= 2"),
+        (f"eval.{name}.lr", lambda v: is_number(v) and v > 0, "a number > 0"),
+        (f"eval.{name}.momentum", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        (f"eval.{name}.weight_decay", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+        (f"eval.{name}.nesterov", lambda v: isinstance(v, bool), "true or false"))],
     ("train.stop_on_collapse", lambda v: isinstance(v, bool), "true or false"),
     ("export.embeddings", lambda v: isinstance(v, bool), "true or false"),
 ]
@@ -124,6 +132,10 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, processes: 
     if cfg.eval.monitor_every and not cfg.dataset.val_fraction:
         raise UserError("eval.monitor_every watches the validation split, which dataset.val_fraction=0 leaves empty: "
                         "set dataset.val_fraction (e.g. 0.1), so that nothing is watched on the test set")
+    for name in ("linear_aug", "finetune"):
+        if cfg.eval[name].nesterov and cfg.eval[name].momentum == 0:
+            raise UserError(f"eval.{name}.nesterov=true needs eval.{name}.momentum > 0 (Nesterov's update is a "
+                            "momentum's)")
     if cfg.train.stop_on_collapse and not cfg.eval.monitor_every:
         raise UserError("train.stop_on_collapse acts on the monitor's measurements: set eval.monitor_every too")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -226,7 +238,7 @@ def check_image_size(encoder: nn.Module, images: ImageSet, what: str = "images",
     side = "x".join(str(n) for n in images.images.shape[-2:])
     sample = images.take(torch.arange(1, device=next(encoder.parameters()).device))
     try:
-        features = evaluate.embed(encoder, sample, "backbone")
+        features = evaluation.embed(encoder, sample, "backbone")
     except (RuntimeError, AssertionError) as err:  # torch's shape errors; some models assert their input size
         raise UserError(f"{what} of {side} are too small for the encoder's {name} ({str(err).splitlines()[0]}): it "
                         f"takes {backbone.image_sizes}; {fix}") from err

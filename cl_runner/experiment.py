@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from cl_runner import atomic, distributed, evaluate, export, run_folder
+from cl_runner import atomic, distributed, evaluation, export, run_folder
 from cl_runner.checkpoint import CHECKPOINT_FILE, LoopPosition, TrainingRecord
 from cl_runner.config import check_data, check_labels_needed
 from cl_runner.data.datasets import ImageSet, Splits
@@ -73,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         raise
     if world.is_main:
         run_folder.record_completion(run_dir)
-        log.info("done in %.1f s: %s", metrics["timing"]["total_s"], evaluate.summary_line(metrics))
+        log.info("done in %.1f s: %s", metrics["timing"]["total_s"], evaluation.summary_line(metrics))
     return metrics
 
 
@@ -100,6 +100,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         if signum is not None:
             raise Interrupted(signum, parts.checkpointer.save(state, wait=True))
 
+    @contextmanager
+    def checkpointed_on_stop() -> Iterator[None]:  # a protocol's training stopped: the encoder's checkpoint too
+        try:
+            yield
+        except Interrupted as stop:
+            raise Interrupted(stop.signum, parts.checkpointer.save(state, wait=True)) from None
+
     # on resume, TensorBoard drops the events logged after the checkpoint
     writing = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=state.record.steps + 1) \
         if world.is_main else nullcontext()
@@ -111,44 +118,46 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, choices: dict[str, str], 
         with clock("embed_s"):
             initial = initial_encoder(cfg, data.train.images.shape[1], compute.device) \
                 if cfg.eval.baseline and cfg.epochs > 0 else None
-            embedded = evaluate.embed_for_evaluation(cfg.eval, parts.encoder, initial, parts.sampler.augment, data,
+            embedded = evaluation.embed_for_evaluation(cfg.eval, parts.encoder, initial, parts.sampler.augment, data,
                                                      cfg.seed, world)
         if not world.is_main:
             return {}
         if world.is_distributed:  # the other processes are done: the probes may use this machine's cores
             torch.set_num_threads(available_cores())
-        if not np.isfinite(embedded.test).all():
+        if not np.isfinite(embedded.trained.test).all():
             raise UserError(f"the trained encoder gives NaN or infinite embeddings: nothing to evaluate (its weights "
                             f"are in {parts.checkpointer.describe()}); lower optimizer.lr or use precision=fp32")
         with ThreadPoolExecutor(1, thread_name_prefix="tsne") as beside:  # t-SNE (CPU) while a GPU probes
             tsne = export.tsne_later(beside if compute.device.type == "cuda" else None, cfg.eval, cfg.seed,
-                                     embedded.test)
-            with clock("eval_s"):
-                metrics = evaluate.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute.device)
+                                     embedded.trained.test)
+            progress = evaluation.Progress(run_dir / "protocols", stop_signal)  # the protocols that train
+            with clock("eval_s"), checkpointed_on_stop():
+                metrics = evaluation.evaluate_trained(cfg.eval, data, embedded, cfg.seed, compute, progress)
             stop_if_signalled()
             if cfg.eval.baseline:
-                with clock("baseline_s"):
-                    evaluate.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed, compute.device)
+                with clock("baseline_s"), checkpointed_on_stop():
+                    evaluation.add_baseline(metrics, cfg.eval, data, embedded, cfg.seed, compute, progress)
                 stop_if_signalled()
             metrics.update(run_record(cfg, choices, record, clock.seconds, compute))
             metrics["classes"] = data.test.classes  # for the report's figures (empty: unlabelled)
             atomic.write_json(run_dir / "metrics.json", metrics)  # as soon as the scores exist; again at the end
             with clock("tsne_s"):  # what the run still waits for t-SNE, and its files
-                export.tsne_outputs(tsne(), run_dir, embedded.test, data.test,
+                export.tsne_outputs(tsne(), run_dir, embedded.trained.test, data.test,
                                     export.scenario_title(choices), writer)
         export.log_hparams(writer, export.hyperparameters(cfg, choices, compute.precision),
-                           evaluate.final_scores(metrics), record.steps)
+                           evaluation.final_scores(metrics), record.steps)
     stop_if_signalled()
     with clock("export_s"):
         export.final_outputs(run_dir, metrics, cfg.eval.protocols[0], data.test.classes,
                              export.scenario_title(choices), parts.encoder)
         if cfg.export.embeddings:
-            probe = embedded.probe if embedded.probe is not None else \
-                evaluate.embed(parts.encoder, data.probe.images, cfg.eval.features)
-            export.save_embeddings(run_dir, {"test": (embedded.test, data.test.labels),
+            probe = embedded.trained.probe if embedded.trained.probe is not None else \
+                evaluation.embed(parts.encoder, data.probe.images, cfg.eval.features)
+            export.save_embeddings(run_dir, {"test": (embedded.trained.test, data.test.labels),
                                              "train": (probe, data.probe.labels)})
     clock.seconds["total_s"] = time.perf_counter() - clock.started
     atomic.write_json(run_dir / "metrics.json", metrics)
+    progress.clear()  # the protocols' checkpoints served only a resume of this run
     return metrics
 
 

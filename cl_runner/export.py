@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from cl_runner import atomic, evaluate, randomness
+from cl_runner import atomic, evaluation, randomness
 from cl_runner.data.datasets import ImageSet
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def tsne_coordinates(settings: DictConfig, seed: int, test_x: np.ndarray) -> np.
                  len(test_x), points)
     if points < 2:
         return None
-    if evaluate.is_collapsed(test_x[:points]):  # scikit-learn's t-SNE can crash on identical points
+    if evaluation.is_collapsed(test_x[:points]):  # scikit-learn's t-SNE can crash on identical points
         log.warning("t-SNE skipped: every test embedding is the same (the encoder has collapsed)")
         return None
     return tsne(test_x[:points], seed=randomness.evaluation_seed(seed), perplexity=settings.tsne_perplexity)

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_runner import evaluate
+from cl_runner import evaluation
 from cl_runner.data.datasets import ImageSet
 from cl_runner.errors import UserError
-from cl_runner.probes import Probes
+from cl_runner.evaluation.probes import Probes
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ class Monitor:
     def measure(self) -> dict[str, float]:
         """The monitor's figures now: `knn_top1` and `head_top1` (labelled data), `rankme`, `normalized_std`,
         `uniformity`."""
-        val_x = evaluate.embed(self.encoder, self.val.images)
-        figures = {name: value for name, value in evaluate.diagnostics(val_x, self.probes.device).items()
+        val_x = evaluation.embed(self.encoder, self.val.images)
+        figures = {name: value for name, value in evaluation.diagnostics(val_x, self.probes.device).items()
                    if name in ("rankme", "normalized_std", "uniformity")}
         if self.labelled:
-            bank_x = evaluate.embed(self.encoder, self.bank.images)
+            bank_x = evaluation.embed(self.encoder, self.bank.images)
             val_y = self.val.labels.cpu().numpy()
             figures["knn_top1"] = self.probes.cosine_knn(bank_x, self.bank.labels.cpu().numpy(), val_x, val_y,
                                                          len(self.val.classes))

@@ -24,7 +24,7 @@ from cl_runner.errors import UserError
 from cl_runner.losses import Loss
 from cl_runner.monitor import Monitor
 from cl_runner.optim import make_optimizer, parameter_groups
-from cl_runner.probes import Probes
+from cl_runner.evaluation.probes import Probes
 from cl_runner.randomness import TrainingStreams
 from cl_runner.runtime import COMPILE_AUTO, Compute, choose_fastest_kernels, compiles, make_grad_scaler
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
-from cl_runner import distributed, evaluate, experiment, parts
+from cl_runner import distributed, evaluation, experiment, parts
 from cl_runner.cli import config_dir
 from cl_runner.distributed import World
 from cl_runner.runtime import device_name, resolve_device
@@ -36,7 +36,7 @@ def main() -> None:
             dist.barrier()
         tick = time.perf_counter()
         for split in (data.train, data.test):
-            evaluate.embed(encoder, split.images, world=world)
+            evaluation.embed(encoder, split.images, world=world)
         seconds.append(time.perf_counter() - tick)
     if world.is_main:
         print(f"{device_name(device)}: {len(data.train) + len(data.test)} images, {world.size} process(es) x "

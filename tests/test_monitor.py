@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cl_runner.data.datasets import ImageSet, read_digits
 from cl_runner.models import Encoder, PamiCNN
 from cl_runner.monitor import Monitor
-from cl_runner.probes import Probes
+from cl_runner.evaluation.probes import Probes
 from conftest import run_main
 
 

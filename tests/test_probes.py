@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 
-from cl_runner import evaluate
+from cl_runner import evaluation
 from cl_runner.data.datasets import CIFAR10, MNIST
 from cl_runner.models import Encoder, PamiCNN
-from cl_runner.probes import (Probes, confusion_matrix, knn_predictions, linear_probe_scores, sklearn_probe_scores,
+from cl_runner.evaluation.probes import (Probes, confusion_matrix, knn_predictions, linear_probe_scores, sklearn_probe_scores,
                               top_k_accuracy, weighted_cosine_knn_accuracy)
 
 SOLVERS = ("torch", "sklearn")
@@ -166,7 +166,7 @@ def real_embeddings(dataset, data_root, n_train: int = 3000, n_test: int = 1000)
     train, test = dataset(root=str(data_root)).read("train").head(n_train), \
         dataset(root=str(data_root)).read("test").head(n_test)
     encoder = Encoder(PamiCNN(in_channels=train.images.shape[1]))
-    return (evaluate.embed(encoder, train.images), train.labels.numpy(), evaluate.embed(encoder, test.images),
+    return (evaluation.embed(encoder, train.images), train.labels.numpy(), evaluation.embed(encoder, test.images),
             test.labels.numpy())
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cl_runner import evaluate, experiment, parts
+from cl_runner import evaluation, experiment, parts
 from cl_runner.data.datasets import Digits
 from cl_runner.randomness import TrainingStreams, stream_seed
 from conftest import REPO
@@ -70,7 +70,7 @@ def test_the_baseline_equals_an_untrained_run_of_the_same_seed(tmp_path, loss):
     common = [f"loss={loss}", "aug=guo", "dataset.train_subset=300", "eval.tsne_points=0", "seed=4"]
     trained = experiment.run(composed(*common, "epochs=1"), tmp_path / "trained", {}, common)
     untrained = experiment.run(composed(*common, "epochs=0"), tmp_path / "untrained", {}, common)
-    assert trained["baseline"] == untrained["baseline"] == evaluate.scores_only(untrained)
+    assert trained["baseline"] == untrained["baseline"] == evaluation.scores_only(untrained)
     for protocol in ("paper", "standard"):
         assert trained[protocol] != untrained[protocol]  # it did train
         for name, gain in trained["gain"][protocol].items():

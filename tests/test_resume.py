@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from cl_runner import checkpoint, experiment
+from cl_runner.evaluation import scores
 from cl_runner.checkpoint import Checkpointer, LoopPosition, TrainingRecord, load_payload
 from cl_runner.data.datasets import read_digits
 from cl_runner.data.pairing import MultiViewSampler, TripletSampler
@@ -261,8 +262,8 @@ def test_a_signal_during_evaluation_ends_the_run_there_and_resume_redoes_the_eva
     """SIGTERM while the probes run: the run finishes that phase, writes a checkpoint of the trained encoder
     and records `interrupted`; `resume=` then evaluates and exports exactly as an uninterrupted run."""
     evaluating = []
-    real_embed = experiment.evaluate.embed
-    monkeypatch.setattr(experiment.evaluate, "embed", lambda *a, **k: evaluating.append(1) or real_embed(*a, **k))
+    real_embed = scores.embed
+    monkeypatch.setattr(scores, "embed", lambda *a, **k: evaluating.append(1) or real_embed(*a, **k))
 
     class SignalDuringEvaluation(SignalStop):  # SIGTERM has arrived once evaluation starts
         def __enter__(self):

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import cl_runner
-from cl_runner import evaluate
+from cl_runner import evaluation
 from cl_runner.data.datasets import read_digits
 from conftest import TINY, main_here, run_main
 
@@ -25,7 +25,7 @@ def test_the_loaded_encoder_embeds_as_the_run_evaluated(run_dir):
     assert isinstance(encoder, torch.nn.Module) and not encoder.training and encoder.channels == 1
     test = read_digits("test")
     rebuilt = encoder.encoder  # the run's own embedding code on the loaded weights
-    expected = evaluate.embed(rebuilt, test.images)
+    expected = evaluation.embed(rebuilt, test.images)
     assert np.allclose(cl_runner.embed(run_dir, test.images), expected, atol=1e-6)
     as_floats = cl_runner.embed(encoder, test.images.float() / 255)  # torchvision's usual scaling: the same
     assert np.allclose(as_floats, expected, atol=1e-6)

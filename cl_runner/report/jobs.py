@@ -15,17 +15,24 @@ ALWAYS_SHOWN = ("dataset", "aug", "loss")
 NOT_FACTORS = ("seed", "resume")  # overrides that do not define a scenario
 METRICS = [("paper", "linear_top1"), ("paper", "linear_top3"), ("paper", "linear_top5"), ("paper", "knn_top1"),
            ("standard", "linear_top1"), ("standard", "linear_top3"), ("standard", "linear_top5"),
-           ("standard", "knn_top1"), ("standard", "cosine_knn_top1")]
+           ("standard", "knn_top1"), ("standard", "cosine_knn_top1"),
+           ("retrieval", "recall_at_1"), ("retrieval", "recall_at_2"), ("retrieval", "recall_at_4"),
+           ("retrieval", "recall_at_8"), ("retrieval", "map_at_r"),
+           ("linear_aug", "linear_top1"), ("linear_aug", "linear_top5"), ("finetune", "top1"), ("finetune", "top5")]
+# the protocols that train on labels: compared with their random initialization as the headline ones are
+TRAINED_HEADLINE = [("linear_aug", "linear_top1"), ("finetune", "top1")]
 SUMMARY = [("paper", "linear_top1"), ("paper", "knn_top1"), ("standard", "linear_top1"), ("standard", "knn_top1"),
-           ("standard", "cosine_knn_top1")]
+           ("standard", "cosine_knn_top1"), ("retrieval", "recall_at_1"), ("retrieval", "map_at_r"),
+           *TRAINED_HEADLINE]
 HEADLINE = [("paper", "linear_top1"), ("standard", "linear_top1")]  # compared, gained, drawn
 # label-free scores (the random initialization's have no alignment: it needs the run's augmentation)
 DIAGNOSTICS = [("diagnostics", "rankme"), ("diagnostics", "uniformity"), ("diagnostics", "alignment")]
 # the loss's own diagnostics at the last epoch of training (SimCLR's Table 5), where the loss has them
 TRAINING = [("train", "contrastive_accuracy"), ("train", "contrastive_entropy")]
 NAMES = {"linear_top1": "linear", "linear_top3": "top-3", "linear_top5": "top-5", "knn_top1": "kNN",
-         "cosine_knn_top1": "cosine kNN", "rankme": "RankMe", "contrastive_accuracy": "contrastive acc.", "contrastive_entropy": "entropy (nats)"}
-
+         "cosine_knn_top1": "cosine kNN", "top1": "top-1", "top5": "top-5", "map_at_r": "MAP@R",
+         **{f"recall_at_{k}": f"Recall@{k}" for k in (1, 2, 4, 8)},
+         "rankme": "RankMe", "contrastive_accuracy": "contrastive acc.", "contrastive_entropy": "entropy (nats)"}
 
 
 @dataclass

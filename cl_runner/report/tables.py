@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cl_runner.intervals import CONFIDENCE, METHOD, Interval, mean_interval
 from cl_runner.report.comparisons import contrasts, following_factors
-from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, TRAINING, Job, factor_columns, label,
-                                  scenarios, values)
+from cl_runner.report.jobs import (DIAGNOSTICS, HEADLINE, METRICS, SUMMARY, TRAINED_HEADLINE, TRAINING, Job,
+                                  factor_columns, label, scenarios, values)
 from cl_runner.report.matrix import matrix_markdown
 
 
@@ -27,8 +27,10 @@ def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     without labels (no probe scores at all) shows the label-free diagnostics and the random initialization's."""
     columns = factor_columns(jobs)
     label_free = not any(values(jobs, "", p, m) for p, m in SUMMARY)
-    shown, initial, gained = (DIAGNOSTICS, DIAGNOSTICS[:2], []) if label_free else (SUMMARY, HEADLINE, HEADLINE)
-    shown = shown + [f for f in TRAINING if values(jobs, "", *f)]
+    trained = [f for f in TRAINED_HEADLINE if values(jobs, "", *f)]  # the protocols that train, where run
+    shown, initial, gained = (DIAGNOSTICS, DIAGNOSTICS[:2], []) if label_free else (
+        SUMMARY, HEADLINE + trained, HEADLINE + trained)
+    shown = [f for f in shown if label_free or values(jobs, "", *f)] + [f for f in TRAINING if values(jobs, "", *f)]
     header = [*columns, "seeds", *(label(p, m) for p, m in shown),
               *(f"random init, {label(p, m)}" for p, m in initial), *(f"gain, {label(p, m)}" for p, m in gained),
               "note"]
@@ -41,19 +43,19 @@ def scenario_table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
         row += [_cell(mean_interval(values(done, "baseline", p, m))) for p, m in initial]
         gains = [mean_interval(values(done, "gain", p, m)) for p, m in gained]
         row += [_cell(g, signed=True) for g in gains]
-        row.append(_note(group, done, gains))
+        row.append(_note(group, done, list(zip(gained, gains))))
         rows.append(row)
     return header, rows
 
 
-def _note(group: list[Job], done: list[Job], gains: list[Interval]) -> str:
+def _note(group: list[Job], done: list[Job], gains: list[tuple[tuple[str, str], Interval]]) -> str:
     notes = []
     collapsed = sum(bool(j.metrics.get("diagnostics", {}).get("collapsed")) for j in done)
     if collapsed:
         notes.append(f"collapsed in {collapsed} of {len(done)} runs (every embedding equal)")
     if len(done) < len(group):
         notes.append(f"{len(group) - len(done)} of {len(group)} jobs not completed")
-    for (protocol, name), gain in zip(HEADLINE, gains):
+    for (protocol, name), gain in gains:
         if gain.n and (gain.high < 0 if gain.n > 1 else gain.mean < 0):
             notes.append(f"below its random initialization by {label(protocol, name)}"
                          + (" (one seed)" if gain.n == 1 else ""))

@@ -29,18 +29,13 @@ class Probes:
 
     def linear(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                num_classes: int) -> dict:
-        """The linear probe's top-1 and top-3 accuracy (and top-5 with more than 5 classes, as CIFAR-100's
-        figures are reported) and its confusion matrix (rows: true class, columns: predicted) on the test
-        embeddings."""
+        """The linear probe's `classification_figures` on the test embeddings (`linear_top1`, ...)."""
         if self.solver == "sklearn":
             scores = self.tensors(sklearn_probe_scores(train_x, train_y, test_x, num_classes))[0]
         else:
             train_x, train_y, test_x = self.tensors(train_x, train_y.astype(np.int64), test_x)
             scores = linear_probe_scores(train_x, train_y, test_x, num_classes)
-        labels = self.tensors(test_y.astype(np.int64))[0]
-        top5 = {"linear_top5": top_k_accuracy(scores, labels, 5)} if num_classes > 5 else {}
-        return {"linear_top1": top_k_accuracy(scores, labels, 1), "linear_top3": top_k_accuracy(scores, labels, 3),
-                **top5, "confusion_matrix": confusion_matrix(labels, scores.argmax(1), num_classes).tolist()}
+        return classification_figures(scores, self.tensors(test_y.astype(np.int64))[0], num_classes, "linear_")
 
     def knn(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
             num_classes: int) -> float:
@@ -118,6 +113,15 @@ def sklearn_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nd
     scores = np.zeros((len(test_x), num_classes))
     scores[:, probe.classes_] = probe.predict_proba(test_x)
     return scores
+
+
+def classification_figures(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, prefix: str = "") -> dict:
+    """A classifier's top-1 and top-3 accuracy (and top-5 with more than 5 classes, as CIFAR-100's figures are
+    reported) and its confusion matrix (rows: true class, columns: predicted), from its `scores` [N, classes];
+    the accuracies named `{prefix}top1` and so on."""
+    top5 = {f"{prefix}top5": top_k_accuracy(scores, labels, 5)} if num_classes > 5 else {}
+    return {f"{prefix}top1": top_k_accuracy(scores, labels, 1), f"{prefix}top3": top_k_accuracy(scores, labels, 3),
+            **top5, "confusion_matrix": confusion_matrix(labels, scores.argmax(1), num_classes).tolist()}
 
 
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:

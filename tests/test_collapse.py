@@ -6,11 +6,12 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from cl_runner import experiment, report
+from cl_runner.evaluation import scores
 from conftest import REPO
 
 
 def test_a_collapsed_encoder_s_run_completes_with_its_metrics_and_a_flag(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(experiment.evaluate, "embed", lambda encoder, images, features, **_: np.full(
+    monkeypatch.setattr(scores, "embed", lambda encoder, images, features, **_: np.full(
         (len(images), 32), 0.5, np.float32))
     overrides = ["dataset=digits", "epochs=1", "batch_size=128", "dataset.train_subset=256", "eval.tsne_points=100"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

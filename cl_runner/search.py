@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 STUDY_FILE = "search.db"  # the study's SQLite file in the sweep folder
 # what a search may maximize: the validation split's figures (metrics.json `val`: the standard protocol's probes,
-# fitted on the training images and scored on the held-out ones)
-OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.linear_top5", "val.knn_top1", "val.cosine_knn_top1")
+# fitted on the training images and scored on the held-out ones; and RankMe of the held-out images' embeddings,
+# which needs no label: Garrido et al. 2023 choose hyperparameters by it)
+OBJECTIVES = ("val.linear_top1", "val.linear_top3", "val.linear_top5", "val.knn_top1", "val.cosine_knn_top1",
+              "val.rankme")
 INTERRUPTED = "interrupted"  # user attribute of a trial left running by a stopped search: its rerun's number
 BASE_CONFIG = "base_config"  # user attribute of the study: the config its trials start from (`check_same_base`)
 SAMPLER_SEED = 0  # the samplers' default seed (hydra.sweeper.sampler.seed); the plugin's is None, a fresh draw

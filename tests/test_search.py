@@ -80,7 +80,8 @@ def test_a_search_refuses_a_test_figure_and_needs_a_validation_split(tmp_path, c
     code, _, err = run_main([*SEARCH, "search.objective=standard.linear_top1", "hydra.sweep.dir=s"], tmp_path, capfd)
     assert code == 2 and err.strip().splitlines()[-1] == (
         "cl-run: error: search.objective=standard.linear_top1: a search maximizes a validation figure, one of "
-        "val.linear_top1, val.linear_top3, val.linear_top5, val.knn_top1, val.cosine_knn_top1 (never a test figure)")
+        "val.linear_top1, val.linear_top3, val.linear_top5, val.knn_top1, val.cosine_knn_top1, val.rankme (never a "
+        "test figure)")
     code, _, err = run_main([*SEARCH, "dataset.val_fraction=0", "hydra.sweep.dir=s"], tmp_path, capfd)
     assert code == 2 and err.strip().splitlines()[-1].startswith(
         "cl-run: error: search.objective=val.cosine_knn_top1 needs a validation split: set dataset.val_fraction")

@@ -71,3 +71,5 @@ def test_a_run_with_a_validation_split_scores_it_apart_from_the_unchanged_test_s
     for protocol in ("paper", "standard"):  # the same test images are scored either way
         assert validated[protocol]["scored_images"] == plain[protocol]["scored_images"]
     assert 0 <= validated["val"]["linear_top1"] <= 1 and "val" in validated["gain"] and "val" in validated["baseline"]
+    assert 1 <= validated["val"]["rankme"] <= validated["diagnostics"]["embedding_dim"]  # label-free, held-out images
+    assert validated["val"]["rankme"] != validated["diagnostics"]["rankme"]  # not the test images' figure

@@ -74,7 +74,7 @@ def embed_for_evaluation(settings: DictConfig, encoder: nn.Module, initial: nn.M
     """Every embedding the evaluation (`settings`: the config's `eval`) needs, in one phase: the trained
     `encoder`'s, and the `initial` encoder's for the baseline. In a distributed run each process embeds its shard
     of every set and all receive the whole; the protocols then run on rank 0."""
-    validated = data.val is not None and data.val.labelled and data.test.labelled
+    validated = data.val is not None  # RankMe needs no labels; the probes, labels on the test set too
     probed = uses_probe_embeddings(settings, data)
 
     def encoded(tag: str, model: nn.Module) -> Encoded:
@@ -121,15 +121,18 @@ def evaluation_context(settings: DictConfig, data: Splits, seed: int, compute: C
 def evaluate_encoded(encoded: Encoded, context: Context) -> dict:
     """Every protocol of `eval.protocols`, in its order, and the diagnostics, on one encoder; with a validation
     split, also the standard protocol scored on its images (`val`: fitted on the probe set, which the validation
-    images were held out of). Unlabelled test images get the (label-free) diagnostics only."""
+    images were held out of) and, labels or not, its RankMe. Unlabelled test images get the (label-free)
+    diagnostics only."""
     settings, data = context.settings, context.data
     metrics: dict = {"features": settings.features, "diagnostics": diagnostics(encoded.test, context.device)}
+    if encoded.val is not None:  # RankMe of the validation images: a search's label-free objective
+        metrics["val"] = {"rankme": diagnostics(encoded.val, context.device)["rankme"]}
     if not data.test.labelled:  # load_data has said why
         return metrics
     for name in settings.protocols:
         metrics[name] = PROTOCOLS[name].from_settings(settings).evaluate(encoded, context)
-    if encoded.val is not None:
-        metrics["val"] = fitted_on_probe(encoded.probe, encoded.val, data.val.labels, context)
+    if encoded.val is not None and data.val.labelled:
+        metrics["val"].update(fitted_on_probe(encoded.probe, encoded.val, data.val.labels, context))
     return metrics
 
 
